@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.install-stamp
+FACENET := facenet-pytorch==2.6.0
+
+.PHONY: install demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# Reinstall only when the dependency declarations change.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	# facenet-pytorch pins torch<2.3/numpy<2/Pillow<10.3 in its metadata but runs on
+	# current versions; its real needs are declared in pyproject.toml.
+	$(BIN)/python -m pip install -q --no-deps $(FACENET)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/artextract demo --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python -m artextract.bench --out docs/benchmarks.md
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,126 @@
+"""``artextract <verb> [--flags] [key=value ...]``: every verb builds a typed config (schema
+defaults <- ``--config`` YAML <- flags <- ``key=value`` overrides) and calls one library function."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from artextract.config import ConfigError, load_config
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag that sets one config key."""
+
+    name: str
+    key: str
+    help: str = ""
+    is_switch: bool = False
+    short: str | None = None
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A CLI verb: its config schema, its flags and the function ('module:attr') it runs."""
+
+    words: tuple[str, ...]
+    schema: str
+    target: str
+    help: str
+    flags: tuple[Flag, ...] = field(default_factory=tuple)
+
+
+_STORAGE = (Flag("--s3-endpoint", "storage.s3_endpoint", "S3-compatible endpoint URL (MinIO, Ceph)"),)
+
+VERBS: tuple[Verb, ...] = (
+    Verb(("ingest", "wikiart"), "IngestWikiartConfig", "artextract.ingest.wikiart:run",
+         "ArtGAN split files + WikiArt image tree -> manifest",
+         (Flag("--splits", "splits", "directory of the ArtGAN split files"),
+          Flag("--images", "images", "URI of the image tree (Style/file.jpg)"),
+          Flag("--out", "out", "manifest output URI")) + _STORAGE),
+    Verb(("ingest", "nga"), "IngestNgaConfig", "artextract.ingest.nga:run",
+         "NGA open-data objects.csv + published_images.csv -> manifest (optionally download images)",
+         (Flag("--objects", "objects", "objects.csv URI"),
+          Flag("--published-images", "published_images", "published_images.csv URI"),
+          Flag("--out", "out", "manifest output URI"),
+          Flag("--classification", "classification", "keep only this classification, e.g. Painting"),
+          Flag("--download", "download.enabled", "download the images", is_switch=True),
+          Flag("--images-out", "download.images_out", "where downloaded images go")) + _STORAGE),
+    Verb(("ingest", "folder"), "IngestFolderConfig", "artextract.ingest.folder:run",
+         "any folder or bucket of images -> manifest",
+         (Flag("--images", "images", "folder or s3:// prefix"),
+          Flag("--out", "out", "manifest output URI")) + _STORAGE),
+    Verb(("preprocess",), "PreprocessConfig", "artextract.pipelines.preprocess:run",
+         "Ray Data: decode, validate, detect faces -> images/faces/quarantine shards",
+         (Flag("--manifest", "manifest", "manifest URI (directory of part-*.parquet)"),
+          Flag("--out", "out", "output URI"),
+          Flag("--address", "ray.address", "Ray address (default: local Ray)")) + _STORAGE),
+    Verb(("demo",), "DemoConfig", "artextract.demo:run",
+         "ingest + preprocess the embedded sample collection (offline) and print a summary",
+         (Flag("--out", "out", "output directory"),
+          Flag("--images", "images", "run on your own folder or bucket instead")) + _STORAGE),
+)
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Verb]]:
+    parser = argparse.ArgumentParser(prog="artextract", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    top = parser.add_subparsers(dest="verb", required=True, metavar="verb")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    by_dest: dict[str, Verb] = {}
+    for verb in VERBS:
+        if len(verb.words) == 2:
+            if verb.words[0] not in groups:
+                grp = top.add_parser(verb.words[0], help=f"{verb.words[0]} sources")
+                groups[verb.words[0]] = grp.add_subparsers(dest="sub", required=True, metavar="source")
+            p = groups[verb.words[0]].add_parser(verb.words[1], help=verb.help, description=verb.help)
+        else:
+            p = top.add_parser(verb.words[0], help=verb.help, description=verb.help)
+        p.add_argument("--config", help="YAML config file (local path or URI)")
+        for flag in verb.flags:
+            names = [flag.name] + ([flag.short] if flag.short else [])
+            if flag.is_switch:
+                p.add_argument(*names, dest=flag.key, action="store_const", const=True, help=flag.help)
+            else:
+                p.add_argument(*names, dest=flag.key, help=flag.help)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        p.set_defaults(_verb=verb)
+        by_dest[" ".join(verb.words)] = verb
+    return parser, by_dest
+
+
+def _resolve(target: str) -> Callable:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``artextract`` command; returns the process exit code."""
+    parser, _ = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    verb: Verb = args._verb
+    flags = {f.key: getattr(args, f.key) for f in verb.flags if getattr(args, f.key) is not None}
+    schema = getattr(importlib.import_module("artextract.config"), verb.schema)
+    try:
+        cfg = load_config(schema, args.config, list(args.overrides), flags=flags)
+        summary = _resolve(verb.target)(cfg)
+    except ConfigError as exc:
+        print(f"artextract {' '.join(verb.words)}: config error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as exc:
+        print(f"artextract {' '.join(verb.words)}: error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(summary, dict) and not getattr(cfg, "quiet", False):
+        print(json.dumps(summary.get("counts", summary), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Typed job configs: defaults live in the pydantic schemas, a YAML file overrides them, and
+``key=value`` arguments (dotted keys, YAML-typed values) override both. Unknown keys and wrong
+types are rejected with a message naming the key. The resolved config is saved beside outputs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(Strict):
+    """Object-storage settings. Credentials are NOT configured here: they come from the AWS chain."""
+
+    s3_endpoint: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (MinIO/Ceph)")
+    s3_region: str | None = None
+    s3_anonymous: bool = False
+    s3_max_attempts: int = Field(6, ge=1, description="botocore-style standard retries for S3 requests")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    http_retries: int = Field(4, ge=0, description="retries with backoff for http(s) reads/downloads")
+    http_backoff_s: float = Field(0.5, ge=0)
+    http_timeout_s: float = Field(30.0, gt=0)
+
+
+class RayConfig(Strict):
+    """How the job attaches to Ray: address=None starts (or reuses) a local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
+
+
+class DecodeConfig(Strict):
+    """Decoding and validation of image bytes."""
+
+    max_pixels: int = Field(150_000_000, ge=1, description="decompression-bomb limit (declared width*height)")
+    max_bytes: int = Field(512 * 1024 * 1024, ge=1, description="larger files are quarantined unread")
+    min_side: int = Field(32, ge=1, description="images with a shorter side are quarantined")
+    max_aspect: float = Field(12.0, gt=1, description="long/short side above this is quarantined")
+    detect_max_side: int = Field(1024, ge=64, description="long side the image is resized to for detection")
+    whole_size: int = Field(384, ge=32, description="long side of the stored whole-image crop for training")
+    jpeg_quality: int = Field(90, ge=1, le=100)
+
+
+class FacesConfig(Strict):
+    """MTCNN face detection and the stored aligned crops."""
+
+    enabled: bool = True
+    min_prob: float = Field(0.92, ge=0, le=1, description="faces below this MTCNN probability are dropped")
+    min_face_px: int = Field(24, ge=8, description="MTCNN min_face_size at detection resolution")
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    crop_size: int = Field(160, ge=16, description="side of the aligned face crop (px)")
+    crop_margin: float = Field(0.35, ge=0, le=2, description="context around the 5-point template")
+    max_faces: int = Field(64, ge=1, description="keep at most this many faces per image (highest prob)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(8, ge=1, description="images per detector call")
+
+
+class PreprocessConfig(Strict):
+    """``artextract preprocess``: manifest -> images / faces / quarantine parquet shards."""
+
+    manifest: str = ""
+    out: str = ""
+    shard_rows: int = Field(64, ge=1, description="manifest rows per output shard")
+    decode: DecodeConfig = DecodeConfig()
+    faces: FacesConfig = FacesConfig()
+    decode_batch: int = Field(4, ge=1)
+    decode_cpus: float = Field(0.25, gt=0, description="Ray CPUs per decode task")
+    detector_actors: int = Field(0, ge=0, description="actor pool size; 0 = one per available CPU (or GPU)")
+    detector_cpus: float = Field(0.75, gt=0, description="Ray CPUs per detector actor")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per detector actor")
+    limit: int | None = Field(None, ge=1, description="process only the first N manifest rows (by image_id)")
+    overwrite: bool = False
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+class IngestWikiartConfig(Strict):
+    """``artextract ingest wikiart``: ArtGAN split files + image tree -> manifest."""
+
+    splits: str = ""
+    images: str = ""
+    out: str = ""
+    probe_dimensions: bool = True
+    shard_rows: int = Field(50_000, ge=1)
+    storage: StorageConfig = StorageConfig()
+
+
+class DownloadConfig(Strict):
+    """Bounded-concurrency image download with retries; resumable."""
+
+    enabled: bool = False
+    images_out: str = ""
+    concurrency: int = Field(8, ge=1, le=128)
+    max_side: int | None = Field(None, ge=64, description="IIIF bounded size (!n,n); None = full image")
+    preflight_timeout_s: float = Field(5.0, gt=0)
+
+
+class IngestNgaConfig(Strict):
+    """``artextract ingest nga``: NGA open-data CSVs -> manifest (+ optional download)."""
+
+    objects: str = ""
+    published_images: str = ""
+    out: str = ""
+    classification: str | None = None
+    iiif_bounded: int = Field(800, ge=64, description="bounded IIIF size for the iiif_bounded_url column")
+    download: DownloadConfig = DownloadConfig()
+    shard_rows: int = Field(50_000, ge=1)
+    storage: StorageConfig = StorageConfig()
+
+
+class IngestFolderConfig(Strict):
+    """``artextract ingest folder``: any folder or bucket of images -> manifest."""
+
+    images: str = ""
+    out: str = ""
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+    include_all_files: bool = Field(False, description="also list files with other extensions (they will be quarantined)")
+    probe_dimensions: bool = True
+    shard_rows: int = Field(50_000, ge=1)
+    storage: StorageConfig = StorageConfig()
+
+
+class DemoConfig(Strict):
+    """``artextract demo``: ingest + preprocess over an embedded sample collection (offline)."""
+
+    out: str = "runs/demo"
+    images: str | None = Field(None, description="your own folder/bucket; default: the generated sample")
+    preprocess: PreprocessConfig = PreprocessConfig(shard_rows=8)
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its schema; the message names the key."""
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (['a','b','c'], YAML-typed value)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} is not of the form key=value (dotted keys allowed)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
+    return key.split("."), value
+
+
+def _set_path(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        else:
+            lines.append(f"key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(schema: type[C], path: str | None = None, overrides: list[str] | None = None,
+                base: dict | None = None, flags: dict[str, Any] | None = None) -> C:
+    """Build a ``schema`` config: defaults <- ``base`` <- YAML at ``path`` <- ``flags`` (dotted
+    keys, values taken as given) <- ``overrides`` (``key=value`` strings, YAML-typed values)."""
+    data: dict = copy.deepcopy(base) if base else {}
+    if path:
+        from artextract import storage
+
+        try:
+            loaded = yaml.safe_load(storage.read_bytes(path)) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+        data = _deep_merge(data, loaded)
+    for key, value in (flags or {}).items():
+        _set_path(data, key.split("."), value)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        _set_path(data, keys, value)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid {schema.__name__}{where}: {_format_errors(exc)}") from None
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    """The resolved config as YAML (credentials are never part of a config)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_resolved(cfg: BaseModel, out_uri: str, name: str = "config.resolved.yaml") -> str:
+    """Write the resolved config beside a job's outputs; returns its URI."""
+    from artextract import storage
+
+    uri = storage.join(out_uri, name)
+    storage.write_text(uri, to_yaml(cfg), getattr(cfg, "storage", None))
+    return uri

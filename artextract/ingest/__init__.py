@@ -1,0 +1,1 @@
+"""Ingest sources (WikiArt, NGA open data, any folder/bucket) into a manifest."""

@@ -1,0 +1,1 @@
+"""Ray Data graphs composing the Ray-free stages."""

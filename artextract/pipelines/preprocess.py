@@ -1,0 +1,147 @@
+"""``artextract preprocess``: manifest -> Ray Data (read+decode tasks -> MTCNN actor pool ->
+shard writer) -> images/, faces/, quarantine/ parquet shards + summary.json.
+
+Shards are a deterministic partition of the manifest sorted by image_id; a rerun skips shards
+whose images/part-N.parquet (written last) exists, and refuses an output that holds a different
+manifest's shards unless ``overwrite=true``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from artextract import manifest as mf
+from artextract import storage
+from artextract.config import PreprocessConfig
+from artextract.pipelines.ray_env import cluster_counts, init_ray
+from artextract.runinfo import JobRun
+from artextract.stages.faces import FaceStage
+from artextract.stages.read import ReadDecodeStage
+from artextract.stages.write import ShardWriter, shard_uri
+
+log = logging.getLogger(__name__)
+TABLES = ("images", "faces", "quarantine")
+
+
+def plan(cfg: PreprocessConfig) -> pa.Table:
+    """The manifest rows to process, sorted by image_id, with their ``shard`` number."""
+    table = mf.read(cfg.manifest, cfg.storage).sort_by("image_id")
+    if cfg.limit:
+        table = table.slice(0, cfg.limit)
+    if len(table) == 0:
+        raise ValueError(f"manifest {cfg.manifest} has no rows")
+    shards = pa.array([i // cfg.shard_rows for i in range(len(table))], pa.int64())
+    return table.append_column("shard", shards)
+
+
+def fingerprint(table: pa.Table, cfg: PreprocessConfig) -> str:
+    """Identifies a plan: same rows, same objects, same shard size -> same outputs."""
+    h = hashlib.sha256(f"{cfg.shard_rows}".encode())
+    for col in ("image_id", "uri", "size", "etag"):
+        h.update(str(table[col].to_pylist()).encode())
+    return h.hexdigest()[:16]
+
+
+def _check_plan(cfg: PreprocessConfig, fp: str, n_shards: int) -> None:
+    uri = storage.join(cfg.out, "_plan.json")
+    if storage.exists(uri, cfg.storage):
+        old = storage.read_json(uri, cfg.storage)
+        if old.get("fingerprint") != fp:
+            if not cfg.overwrite:
+                raise ValueError(f"{cfg.out} holds outputs of a different manifest or shard size; "
+                                 "use a new --out or pass overwrite=true")
+            for table in TABLES:
+                for i in range(int(old.get("shards", 0))):
+                    storage.delete_file(shard_uri(cfg.out, table, i), cfg.storage)
+    storage.write_json(uri, {"fingerprint": fp, "shards": n_shards, "manifest": cfg.manifest}, cfg.storage)
+
+
+def _pending(cfg: PreprocessConfig, n_shards: int) -> list[int]:
+    done = {info.base_name for info in storage.list_files(storage.join(cfg.out, "images"), cfg.storage,
+                                                           suffix=".parquet", recursive=False)}
+    return [i for i in range(n_shards) if mf.shard_name(i) not in done]
+
+
+def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
+    """Run the Ray Data graph over ``work``; returns (rows written, seconds)."""
+    ray = init_ray(cfg.ray)
+    from ray.data import ActorPoolStrategy
+
+    cpus, gpus = cluster_counts(ray)
+    use_gpu = gpus > 0 and cfg.faces.device != "cpu"
+    actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int(cpus // cfg.detector_cpus) - 1 or 1))
+    blocks = [work.slice(i, cfg.decode_batch) for i in range(0, len(work), cfg.decode_batch)]
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
+                        batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",
+                        compute=ActorPoolStrategy(min_size=1, max_size=max(2, int(cpus))))
+    ds = ds.map_batches(FaceStage, fn_constructor_args=(cfg.faces, cfg.torch_threads),
+                        batch_size=cfg.faces.batch_size, batch_format="numpy",
+                        num_cpus=cfg.detector_cpus, num_gpus=1 if use_gpu else 0,
+                        compute=ActorPoolStrategy(size=actors))
+    ds = ds.map_batches(ShardWriter, fn_constructor_args=(cfg.out, cfg.storage, work.drop_columns(
+                            [c for c in work.column_names if c in ("faces",)]), cfg.faces.crop_size),
+                        batch_size=None, batch_format="pyarrow", num_cpus=0.01,
+                        compute=ActorPoolStrategy(size=1))
+    t0, rows, n_shards = time.perf_counter(), 0, len(set(work["shard"].to_pylist()))
+    written = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for stat in batch.to_pylist():
+            written += 1
+            rows += stat["rows"]
+            log.info("shard %d written (%d/%d): %d images, %d faces, %d quarantined", stat["shard"],
+                     written, n_shards, stat["rows"], stat["faces"], stat["quarantined"])
+    return rows, time.perf_counter() - t0
+
+
+def _reconcile(cfg: PreprocessConfig, n_shards: int, expected_rows: int) -> dict:
+    images = storage.read_parquet(storage.join(cfg.out, "images"), cfg.storage,
+                                  columns=["image_id", "status", "reason", "n_faces"])
+    faces = storage.read_parquet(storage.join(cfg.out, "faces"), cfg.storage, columns=["image_id"])
+    quarantine = storage.read_parquet(storage.join(cfg.out, "quarantine"), cfg.storage, columns=["reason"])
+    ok = int(pc.sum(pc.equal(images["status"], "ok")).as_py() or 0)
+    counts = {"manifest_rows": expected_rows, "images_rows": len(images), "processed": ok,
+              "quarantined": len(quarantine), "faces": len(faces),
+              "images_with_faces": int(pc.sum(pc.greater(images["n_faces"], 0)).as_py() or 0),
+              "shards": n_shards}
+    if len(images) != expected_rows or ok + len(quarantine) != expected_rows:
+        raise RuntimeError(f"counts do not reconcile: {counts}")
+    if len(set(images["image_id"].to_pylist())) != len(images):
+        raise RuntimeError("duplicate image_id rows in the images table")
+    reasons = pc.value_counts(quarantine["reason"]).to_pylist() if len(quarantine) else []
+    counts["quarantine_reasons"] = {r["values"]: r["counts"] for r in reasons}
+    return counts
+
+
+def run(cfg: PreprocessConfig) -> dict:
+    """Run preprocessing; returns the summary written to ``summary.json``."""
+    if not cfg.manifest or not cfg.out:
+        raise ValueError("preprocess needs manifest= and out= (or --manifest/--out)")
+    job = JobRun("preprocess", cfg, cfg.out)
+    work = plan(cfg)
+    n_shards = int(work["shard"][-1].as_py()) + 1
+    _check_plan(cfg, fingerprint(work, cfg), n_shards)
+    pending = _pending(cfg, n_shards)
+    n_pending = len(pending)
+    job.lap("plan")
+    log.info("preprocess: %d images in %d shards, %d pending", len(work), n_shards, len(pending))
+    rows, seconds, attempts = 0, 0.0, 0
+    while pending and attempts < 2:
+        # A shard lost with a crashed writer is simply missing: a second pass redoes only it.
+        attempts += 1
+        todo = work.filter(pc.is_in(work["shard"], pa.array(pending, pa.int64())))
+        r, s = _run_ray(cfg, todo)
+        rows, seconds = rows + r, seconds + s
+        pending = _pending(cfg, n_shards)
+    if pending:
+        raise RuntimeError(f"shards {pending[:10]} were not written after {attempts} passes")
+    job.lap("process")
+    counts = _reconcile(cfg, n_shards, len(work))
+    counts.update(shards_skipped=n_shards - n_pending, shards_written_now=n_pending, rows_processed_now=rows)
+    job.lap("reconcile")
+    throughput = round(rows / seconds, 2) if seconds else None
+    return job.finish(counts, images_per_s=throughput, pipeline_s=round(seconds, 3))

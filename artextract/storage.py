@@ -1,0 +1,233 @@
+"""Every input and output is a URI: a local path, ``file://``, ``s3://bucket/prefix`` or (read-only)
+``http(s)://``. Filesystems come from pyarrow.fs; S3 credentials come from the standard AWS chain
+(environment, profile, instance role) and are never stored in our configs or outputs.
+
+Writes are atomic: local files are written under a temporary name and renamed; S3 objects are
+uploaded from one in-memory buffer, and an S3 object only becomes visible when its upload
+completes, so a crash never leaves a half-written file visible under its final name.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from artextract.config import StorageConfig
+
+HTTP_SCHEMES = ("http://", "https://")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved URI: the filesystem and the path inside it."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs that do not name a local path."""
+    return uri.startswith(("s3://",) + HTTP_SCHEMES)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI path segments with '/', keeping the scheme of ``base``."""
+    if is_remote(base) or base.startswith("file://"):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def _endpoint(cfg: StorageConfig) -> str | None:
+    # The AWS SDKs read AWS_ENDPOINT_URL(_S3); honour it too so MinIO/Ceph work without a config.
+    return cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_filesystem(endpoint: str | None, region: str | None, max_attempts: int, anonymous: bool,
+                   connect_timeout: float, request_timeout: float) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = dict(
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+        connect_timeout=connect_timeout,
+        request_timeout=request_timeout,
+        anonymous=anonymous,
+    )
+    if region:
+        kwargs["region"] = region
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs["endpoint_override"] = host or scheme
+        kwargs["scheme"] = scheme if host else "https"
+        # S3-compatible stores (MinIO, Ceph, moto) address buckets by path.
+        kwargs["force_virtual_addressing"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(uri: str, cfg: StorageConfig | None = None) -> Location:
+    """Resolve ``uri`` to a pyarrow filesystem and path. HTTP URIs cannot be resolved (read-only)."""
+    cfg = cfg or StorageConfig()
+    if uri.startswith(HTTP_SCHEMES):
+        raise ValueError(f"{uri!r}: http(s) URIs are read-only; use read_bytes()")
+    if uri.startswith("s3://"):
+        fs = _s3_filesystem(_endpoint(cfg), cfg.s3_region, cfg.s3_max_attempts, cfg.s3_anonymous,
+                            cfg.connect_timeout_s, cfg.request_timeout_s)
+        return Location(fs, uri[len("s3://"):].rstrip("/"), uri)
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return Location(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), uri)
+
+
+def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
+    """True when a file (not a directory) exists at ``uri``."""
+    loc = filesystem_for(uri, cfg)
+    return loc.fs.get_file_info(loc.path).type == pafs.FileType.File
+
+
+def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
+    """Read a whole object. Raises FileNotFoundError, or OSError for transport failures."""
+    if uri.startswith(HTTP_SCHEMES):
+        from artextract.http import get_bytes
+
+        return get_bytes(uri, cfg or StorageConfig())
+    loc = filesystem_for(uri, cfg)
+    with loc.fs.open_input_stream(loc.path) as f:
+        return f.read()
+
+
+def read_head(uri: str, nbytes: int, cfg: StorageConfig | None = None) -> bytes:
+    """Read the first ``nbytes`` of an object (a ranged GET on S3), e.g. to probe image headers."""
+    loc = filesystem_for(uri, cfg)
+    with loc.fs.open_input_file(loc.path) as f:
+        return f.read(nbytes)
+
+
+def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
+    """Atomically write ``data`` to ``uri`` (temp name + rename locally; one upload on S3)."""
+    loc = filesystem_for(uri, cfg)
+    parent = posixpath.dirname(loc.path) if loc.is_s3 else os.path.dirname(loc.path)
+    if not loc.is_s3:
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{os.path.basename(loc.path)}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, loc.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    # One write then close: the multipart upload completes only at close, so a crash before it
+    # leaves nothing visible.
+    with loc.fs.open_output_stream(loc.path) as out:
+        out.write(data)
+
+
+def write_text(uri: str, text: str, cfg: StorageConfig | None = None) -> None:
+    """Atomically write UTF-8 text."""
+    write_bytes(uri, text.encode("utf-8"), cfg)
+
+
+def write_json(uri: str, obj: Any, cfg: StorageConfig | None = None) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", cfg)
+
+
+def read_json(uri: str, cfg: StorageConfig | None = None) -> Any:
+    """Read a JSON document."""
+    return json.loads(read_bytes(uri, cfg))
+
+
+def write_parquet(uri: str, table: pa.Table, cfg: StorageConfig | None = None) -> None:
+    """Atomically write a parquet file (serialised in memory first, then one atomic write)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes(uri, sink.getvalue().to_pybytes(), cfg)
+
+
+def read_parquet(uri: str, cfg: StorageConfig | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read one parquet file or a directory of ``part-*.parquet`` shards as one table."""
+    loc = filesystem_for(uri, cfg)
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no parquet file or directory at {uri}")
+    if info.type == pafs.FileType.File:
+        return pq.read_table(loc.path, filesystem=loc.fs, columns=columns)
+    # Only committed shards: other parquet files beside them (e.g. missing.parquet) are not parts.
+    files = [f.path for f in list_files(uri, cfg, suffix=".parquet", recursive=False)
+             if posixpath.basename(f.path).startswith("part-")]
+    if not files:
+        raise FileNotFoundError(f"no parquet shards under {uri}")
+    tables = [pq.read_table(p, filesystem=loc.fs, columns=columns) for p in sorted(files)]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def list_files(uri: str, cfg: StorageConfig | None = None, suffix: str | tuple[str, ...] = "",
+               recursive: bool = True) -> list[pafs.FileInfo]:
+    """List files under a directory/prefix (recursively), sorted by path; [] when it is absent."""
+    loc = filesystem_for(uri, cfg)
+    selector = pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True)
+    infos = [i for i in loc.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+    if suffix:
+        infos = [i for i in infos if i.path.lower().endswith(suffix)]
+    return sorted(infos, key=lambda i: i.path)
+
+
+def uri_of(loc: Location, path: str) -> str:
+    """Turn a filesystem path found under ``loc`` back into a URI of the same scheme."""
+    return f"s3://{path}" if loc.is_s3 else path
+
+
+def relative(base: Location, path: str) -> str:
+    """Path of ``path`` relative to ``base.path`` with '/' separators."""
+    rel = posixpath.relpath(path, base.path) if base.is_s3 else os.path.relpath(path, base.path)
+    return rel.replace(os.sep, "/")
+
+
+def ensure_dir(uri: str, cfg: StorageConfig | None = None) -> None:
+    """Create a local directory (no-op for object stores, which have no directories)."""
+    loc = filesystem_for(uri, cfg)
+    if not loc.is_s3:
+        os.makedirs(loc.path, exist_ok=True)
+
+
+def delete_file(uri: str, cfg: StorageConfig | None = None) -> None:
+    """Delete one file if present."""
+    loc = filesystem_for(uri, cfg)
+    try:
+        loc.fs.delete_file(loc.path)
+    except FileNotFoundError:
+        pass
+
+
+def iter_chunks(items: list, size: int) -> Iterator[list]:
+    """Yield successive ``size``-long chunks of ``items``."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def buffer_reader(data: bytes) -> io.BytesIO:
+    """Wrap bytes for libraries that want a file object."""
+    return io.BytesIO(data)
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Remove credential values (from the environment and ``secrets``) from a message."""
+    values = [os.environ.get(k) for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")]
+    for v in list(values) + list(secrets):
+        if v and len(v) >= 4:
+            text = text.replace(v, "***")
+    return text
