@@ -33,6 +33,7 @@ class Verb:
     target: str
     help: str
     flags: tuple[Flag, ...] = field(default_factory=tuple)
+    prints: bool = False  # the target prints its own human summary
 
 
 _STORAGE = (Flag("--s3-endpoint", "storage.s3_endpoint", "S3-compatible endpoint URL (MinIO, Ceph)"),)
@@ -63,7 +64,7 @@ VERBS: tuple[Verb, ...] = (
     Verb(("demo",), "DemoConfig", "artextract.demo:run",
          "ingest + preprocess the embedded sample collection (offline) and print a summary",
          (Flag("--out", "out", "output directory"),
-          Flag("--images", "images", "run on your own folder or bucket instead")) + _STORAGE),
+          Flag("--images", "images", "run on your own folder or bucket instead")) + _STORAGE, prints=True),
 )
 
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as exc:
         print(f"artextract {' '.join(verb.words)}: error: {exc}", file=sys.stderr)
         return 1
-    if isinstance(summary, dict) and not getattr(cfg, "quiet", False):
+    if isinstance(summary, dict) and not verb.prints:
         print(json.dumps(summary.get("counts", summary), indent=2, default=str))
     return 0
 

@@ -65,8 +65,12 @@ def s3_storage(s3_endpoint):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole test session (2 CPUs, like CI)."""
+def ray_session(s3_endpoint):
+    """One local Ray for the whole test session (2 CPUs, like CI).
+
+    Started after the S3 test server so its workers inherit the AWS environment, as workers on a
+    cluster node inherit that node's credential chain (without it, the SDK sends unsigned requests).
+    """
     import ray
 
     if not ray.is_initialized():

@@ -22,9 +22,10 @@ def aligned_crop(image: np.ndarray, landmarks: np.ndarray, box: np.ndarray, size
 
     Falls back to a square crop around ``box`` (x1,y1,x2,y2) when the landmarks are degenerate.
     """
-    tform = SimilarityTransform()
-    ok = np.isfinite(landmarks).all() and tform.estimate(landmarks.astype(np.float64), template(size, margin))
-    if not ok or not np.isfinite(tform.params).all():
+    tform = None
+    if np.isfinite(landmarks).all():
+        tform = SimilarityTransform.from_estimate(landmarks.astype(np.float64), template(size, margin))
+    if not tform or not np.isfinite(tform.params).all():
         return box_crop(image, box, size, margin)
     out = warp(image, tform.inverse, output_shape=(size, size), order=1, mode="edge", preserve_range=True)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)

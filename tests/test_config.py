@@ -1,0 +1,94 @@
+"""Config: defaults <- YAML <- flags <- key=value; unknown keys / wrong types name the key."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from artextract.cli import main
+from artextract.config import ConfigError, PreprocessConfig, load_config, save_resolved
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("shard_rows: 10\nfaces:\n  min_prob: 0.5\n  crop_size: 96\n")
+    cfg = load_config(PreprocessConfig, str(path), ["faces.min_prob=0.8", "decode.detect_max_side=640"],
+                      flags={"out": "123"})
+    assert cfg.shard_rows == 10 and cfg.faces.crop_size == 96
+    assert cfg.faces.min_prob == 0.8 and cfg.decode.detect_max_side == 640
+    assert cfg.out == "123"  # flags keep their string type
+    assert cfg.decode.min_side == 32  # schema default untouched
+
+
+@pytest.mark.parametrize("override, key", [
+    ("faces.min_prb=0.8", "faces.min_prb"),
+    ("nonsense=1", "nonsense"),
+    ("faces.min_prob=high", "faces.min_prob"),
+    ("shard_rows=0", "shard_rows"),
+    ("faces.device=tpu", "faces.device"),
+])
+def test_bad_overrides_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(PreprocessConfig, None, [override])
+    assert f"'{key}'" in str(err.value)
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("faces:\n  min_probability: 0.5\n")
+    msg = str(pytest.raises(ConfigError, load_config, PreprocessConfig, str(path)).value)
+    assert "c.yaml" in msg and "'faces.min_probability'" in msg
+
+
+def test_malformed_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(PreprocessConfig, None, ["no_equals_sign"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(PreprocessConfig, str(tmp_path / "absent.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(PreprocessConfig, str(tmp_path / "list.yaml"))
+    with pytest.raises(ConfigError, match="faces.min_prob.*section|not a section"):
+        load_config(PreprocessConfig, None, ["faces=3", "faces.min_prob=0.1"])
+
+
+def test_yaml_is_safe_loaded(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("out: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(PreprocessConfig, str(path))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(PreprocessConfig, None, ["faces.min_prob=0.7"], flags={"out": str(tmp_path)})
+    uri = save_resolved(cfg, str(tmp_path))
+    again = load_config(PreprocessConfig, uri)
+    assert again == cfg
+    assert yaml.safe_load(open(uri))["faces"]["min_prob"] == 0.7
+
+
+# Every YAML under configs/ and the schema it must satisfy (later jobs add theirs here).
+SHIPPED = {
+    "demo.yaml": "DemoConfig",
+    "folder_ingest.yaml": "IngestFolderConfig",
+    "nga_ingest.yaml": "IngestNgaConfig",
+    "nga_preprocess.yaml": "PreprocessConfig",
+    "wikiart_ingest.yaml": "IngestWikiartConfig",
+    "wikiart_preprocess.yaml": "PreprocessConfig",
+}
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    from artextract import config as C
+
+    files = {f.name for f in (Path(__file__).parents[1] / "configs").glob("*.yaml")}
+    assert files == set(SHIPPED), "configs/ and SHIPPED disagree"
+    for name, schema in SHIPPED.items():
+        load_config(getattr(C, schema), str(Path(__file__).parents[1] / "configs" / name))
+
+
+def test_cli_rejects_bad_override(tmp_path, capsys):
+    rc = main(["preprocess", "--manifest", str(tmp_path), "--out", str(tmp_path / "o"), "faces.min_prb=1"])
+    assert rc == 2
+    assert "faces.min_prb" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""Ray-free stages on tiny batches: decode/validate, MTCNN on our torch, alignment, writer."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from artextract import samples, storage
+from artextract.config import DecodeConfig, FacesConfig, StorageConfig
+from artextract.stages.align import aligned_crop, template
+from artextract.stages.decode import REASONS, Quarantine, decode
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from artextract.stages.faces import FaceDetector
+
+    return FaceDetector(FacesConfig(device="cpu"), torch_threads=2)
+
+
+@pytest.mark.parametrize("name", sorted(samples.CASES))
+def test_decode_outcomes(name):
+    _, make, expected = samples.CASES[name]
+    try:
+        d = decode(make(), DecodeConfig())
+    except Quarantine as q:
+        assert q.reason == expected and q.reason in REASONS
+        return
+    assert expected == "ok"
+    assert d.det_image.dtype == np.uint8 and d.det_image.ndim == 3 and d.det_image.shape[2] == 3
+    assert max(d.det_image.shape[:2]) <= DecodeConfig().detect_max_side
+
+
+def test_decode_normalises_modes_and_orientation():
+    cfg = DecodeConfig()
+    rot = decode(samples.CASES["exif_rotated"][1](), cfg)
+    assert (rot.orig_width, rot.orig_height) == (512, 512) and rot.orig_format == "JPEG"
+    g16 = decode(samples.CASES["camera_16bit"][1](), cfg)
+    assert g16.orig_mode == "I;16" and 60 < g16.det_image.mean() < 200  # scaled, not clipped to white
+    rgba = decode(samples.CASES["rgba_oval"][1](), cfg)
+    assert (rgba.det_image[0, 0] > 250).all()  # transparent corner composited onto white
+    gif = decode(samples.CASES["animated_gif"][1](), cfg)
+    assert gif.n_frames == 3
+
+
+def test_decode_downscales_large_images_with_limits():
+    big = Image.new("RGB", (4000, 3000), (120, 80, 40))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG")
+    d = decode(buf.getvalue(), DecodeConfig(detect_max_side=1000))
+    assert d.det_image.shape == (750, 1000, 3) and (d.orig_width, d.orig_height) == (4000, 3000)
+    assert d.scale == pytest.approx(0.25)
+    with pytest.raises(Quarantine, match="decompression_bomb"):
+        decode(buf.getvalue(), DecodeConfig(max_pixels=4000 * 2999))
+    with pytest.raises(Quarantine, match="too_large_file"):
+        decode(buf.getvalue(), DecodeConfig(max_bytes=100))
+
+
+def test_mtcnn_loads_and_detects_on_current_torch(detector):
+    """facenet-pytorch is installed --no-deps against a newer torch: prove it still works."""
+    import torch
+    from skimage import data
+
+    assert tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 3)
+    img = data.astronaut()
+    faces = detector.detect([img])[0]
+    assert len(faces) == 1 and faces[0].prob > 0.99
+    x1, y1, x2, y2 = faces[0].box
+    assert 150 < x1 < 200 and 40 < y1 < 90 and 240 < x2 < 290 and 150 < y2 < 200
+    left_eye, right_eye = faces[0].landmarks[0], faces[0].landmarks[1]
+    assert left_eye[0] < right_eye[0]  # image-left eye first
+
+
+def test_detect_batches_mixed_sizes(detector):
+    from skimage import data
+
+    a = data.astronaut()
+    small = np.asarray(Image.fromarray(a).resize((256, 256)))
+    blank = np.full((300, 400, 3), 128, np.uint8)
+    out = detector.detect([a, blank, small, a])
+    assert [len(f) for f in out] == [1, 0, 1, 1]
+    np.testing.assert_allclose(out[0][0].box, out[3][0].box, atol=1e-3)  # batched == single
+
+
+def test_aligned_crop_puts_landmarks_on_template(detector):
+    from skimage import data
+    from skimage.transform import SimilarityTransform
+
+    img = np.asarray(Image.fromarray(data.astronaut()).rotate(20, resample=Image.Resampling.BILINEAR))
+    face = detector.detect([img])[0][0]
+    crop = aligned_crop(img, face.landmarks, face.box, 160, 0.35)
+    assert crop.shape == (160, 160, 3) and crop.dtype == np.uint8
+    tform = SimilarityTransform.from_estimate(face.landmarks.astype(float), template(160, 0.35))
+    mapped = tform(face.landmarks.astype(float))
+    assert np.abs(mapped[:2] - template(160, 0.35)[:2]).max() < 6  # eyes land on the template
+    # Degenerate landmarks fall back to a box crop instead of failing.
+    fallback = aligned_crop(img, np.full((5, 2), np.nan), face.box, 64, 0.2)
+    assert fallback.shape == (64, 64, 3)
+
+
+def test_face_stage_output_schema(detector):
+    from artextract.stages.faces import FaceStage
+    from artextract.stages.read import ReadDecodeStage
+
+    files = {n: samples.CASES[n][1]() for n in ("double_portrait", "landscape_1", "zero_bytes")}
+    stage = ReadDecodeStage(DecodeConfig(), StorageConfig())
+    stage._read = lambda uri: files[uri]  # feed bytes directly: this test is about the stages
+    batch = stage({"image_id": np.array(list(files), object), "uri": np.array(list(files), object)})
+    assert list(batch["status"]) == ["ok", "ok", "quarantined"]
+    faces_stage = FaceStage.__new__(FaceStage)
+    faces_stage.cfg, faces_stage.detector = FacesConfig(), detector
+    table = faces_stage(batch)
+    assert "det_image" not in table.column_names
+    assert table["n_faces"].to_pylist() == [2, 0, 0]
+    face = table["faces"][0][0].as_py()
+    assert len(face["box"]) == 4 and len(face["landmarks"]) == 10
+    assert Image.open(io.BytesIO(face["crop_jpeg"])).size == (160, 160)
+
+
+def test_shard_writer_commits_complete_shards_once(tmp_path):
+    from artextract.stages.write import ShardWriter
+
+    manifest = pa.table({"image_id": ["a", "b", "c"], "uri": ["ua", "ub", "uc"], "title": ["A", "B", "C"],
+                         "shard": pa.array([0, 0, 1], pa.int64())})
+    face = {"face_idx": 0, "box": [1.0, 2.0, 3.0, 4.0], "landmarks": [0.0] * 10, "prob": 0.99, "crop_jpeg": b"j"}
+
+    def rows(ids, shards, faces):
+        from artextract.stages.faces import FACE_TYPE
+
+        n = len(ids)
+        return pa.table({"image_id": ids, "uri": [f"u{i}" for i in ids], "shard": pa.array(shards, pa.int64()),
+                         "status": ["ok"] * n, "reason": [""] * n, "detail": [""] * n, "bytes": [10] * n,
+                         "orig_width": [100] * n, "orig_height": [80] * n, "orig_mode": ["RGB"] * n,
+                         "orig_format": ["JPEG"] * n, "n_frames": [1] * n, "det_scale": [1.0] * n,
+                         "n_faces": [len(f) for f in faces], "whole_jpeg": [b"w"] * n,
+                         "whole_width": [100] * n, "whole_height": [80] * n,
+                         "faces": pa.array(faces, pa.list_(FACE_TYPE))})
+
+    w = ShardWriter(str(tmp_path), StorageConfig(), manifest, 160)
+    assert w(rows(["b"], [0], [[face]])).num_rows == 0  # shard 0 incomplete: nothing written
+    assert not (tmp_path / "images").exists()
+    stats = w(rows(["c", "a", "b"], [1, 0, 0], [[], [face, face], [face]])).to_pylist()  # b arrives twice
+    assert [s["shard"] for s in stats] == [0, 1]
+    assert stats[0] == {"shard": 0, "rows": 2, "ok": 2, "quarantined": 0, "faces": 3}
+    images = storage.read_parquet(str(tmp_path / "images"))
+    assert images["image_id"].to_pylist() == ["a", "b", "c"]  # manifest order, no duplicates
+    assert images["title"].to_pylist() == ["A", "B", "C"]  # manifest metadata joined
+    faces = storage.read_parquet(str(tmp_path / "faces"))
+    assert faces["image_id"].to_pylist() == ["a", "a", "b"] and faces["crop_size"].to_pylist() == [160] * 3

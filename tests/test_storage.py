@@ -1,0 +1,97 @@
+"""Storage: one code path for local dirs and S3 (moto over real HTTP), atomic writes."""
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pytest
+
+from artextract import storage
+from artextract.config import StorageConfig
+
+
+def _roundtrip(base: str, cfg: StorageConfig) -> None:
+    storage.write_bytes(storage.join(base, "a", "x.bin"), b"hello", cfg)
+    storage.write_json(storage.join(base, "a", "y.json"), {"n": 1}, cfg)
+    t = pa.table({"i": [1, 2, 3]})
+    storage.write_parquet(storage.join(base, "t", "part-00000.parquet"), t, cfg)
+    storage.write_parquet(storage.join(base, "t", "part-00001.parquet"), t, cfg)
+    storage.write_parquet(storage.join(base, "t", "missing.parquet"), pa.table({"z": [0]}), cfg)
+    assert storage.read_bytes(storage.join(base, "a", "x.bin"), cfg) == b"hello"
+    assert storage.read_head(storage.join(base, "a", "x.bin"), 3, cfg) == b"hel"
+    assert storage.read_json(storage.join(base, "a", "y.json"), cfg) == {"n": 1}
+    assert storage.exists(storage.join(base, "a", "x.bin"), cfg)
+    assert not storage.exists(storage.join(base, "a", "nope.bin"), cfg)
+    # Only part-* files are shards of a table; other parquet files beside them are not.
+    assert storage.read_parquet(storage.join(base, "t"), cfg)["i"].to_pylist() == [1, 2, 3] * 2
+    names = [i.base_name for i in storage.list_files(base, cfg)]
+    assert names == ["x.bin", "y.json", "missing.parquet", "part-00000.parquet", "part-00001.parquet"]
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(base, "absent"), cfg)
+    with pytest.raises(FileNotFoundError):
+        storage.read_parquet(storage.join(base, "absent"), cfg)
+
+
+def test_local_roundtrip(tmp_path):
+    _roundtrip(str(tmp_path), StorageConfig())
+
+
+def test_s3_roundtrip_over_http(s3_bucket, s3_storage):
+    _roundtrip(f"s3://{s3_bucket}/prefix", s3_storage)
+
+
+def test_s3_endpoint_from_standard_env(s3_bucket, s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    storage.write_bytes(f"s3://{s3_bucket}/env.txt", b"ok")
+    assert storage.read_bytes(f"s3://{s3_bucket}/env.txt") == b"ok"
+
+
+def test_local_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "out" / "file.parquet"
+    storage.write_bytes(str(target), b"old")
+
+    def crash(*a, **k):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        storage.write_bytes(str(target), b"new, half written")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"  # the old file is intact
+    assert sorted(p.name for p in target.parent.iterdir()) == ["file.parquet"]  # no temp left behind
+
+
+def test_s3_failed_write_leaves_nothing(s3_bucket, s3_storage):
+    class Boom(Exception):
+        pass
+
+    class Bad:
+        def __len__(self):
+            raise Boom()
+
+    uri = f"s3://{s3_bucket}/atomic/part-00000.parquet"
+    with pytest.raises(Exception):
+        storage.write_parquet(uri, Bad(), s3_storage)  # fails while serialising, before the upload
+    assert not storage.exists(uri, s3_storage)
+
+
+def test_credentials_never_in_resolved_config(tmp_path, s3_storage):
+    from conftest import TEST_KEY_ID, TEST_SECRET
+
+    from artextract.config import PreprocessConfig, save_resolved
+
+    uri = save_resolved(PreprocessConfig(storage=s3_storage, out=str(tmp_path)), str(tmp_path))
+    text = open(uri).read()
+    assert TEST_SECRET not in text and TEST_KEY_ID not in text
+    assert storage.redact(f"key {TEST_SECRET} leaked") == "key *** leaked"
+
+
+def test_unreachable_s3_fails_fast(tmp_path):
+    import time
+
+    cfg = StorageConfig(s3_endpoint="http://127.0.0.1:9", s3_max_attempts=1, connect_timeout_s=1,
+                        request_timeout_s=2)
+    t0 = time.time()
+    with pytest.raises(OSError):
+        storage.read_bytes("s3://bucket/key", cfg)
+    assert time.time() - t0 < 30
