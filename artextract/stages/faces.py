@@ -104,6 +104,9 @@ class FaceStage:
 
     def _row(self, k: int, face: Face, image: np.ndarray, scale: float) -> dict:
         crop = aligned_crop(image, face.landmarks, face.box, self.cfg.crop_size, self.cfg.crop_margin)
-        return {"face_idx": k, "box": (face.box / scale).tolist(),
+        # MTCNN regresses boxes of faces at the border partly outside the image: store the visible part.
+        h, w = image.shape[:2]
+        box = np.clip(face.box, 0, [w, h, w, h])
+        return {"face_idx": k, "box": (box / scale).tolist(),
                 "landmarks": (face.landmarks / scale).reshape(-1).tolist(),
                 "prob": face.prob, "crop_jpeg": encode_jpeg(crop, 92)}
