@@ -55,13 +55,15 @@ class FacesConfig(Strict):
 
     enabled: bool = True
     min_prob: float = Field(0.92, ge=0, le=1, description="faces below this MTCNN probability are dropped")
-    min_face_px: int = Field(24, ge=8, description="MTCNN min_face_size at detection resolution")
+    # MTCNN's own default; 24 px lost 6% of the naive loop's faces on NGA at no measurable speed-up.
+    min_face_px: int = Field(20, ge=8, description="MTCNN min_face_size at detection resolution")
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     crop_size: int = Field(160, ge=16, description="side of the aligned face crop (px)")
     crop_margin: float = Field(0.35, ge=0, le=2, description="context around the 5-point template")
     max_faces: int = Field(64, ge=1, description="keep at most this many faces per image (highest prob)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(8, ge=1, description="images per detector call")
+    batch_size: int | None = Field(None, ge=1, description="images per detector call; None = 1 on CPU "
+                                   "(sizes differ, small units balance actors best), 16 on GPU")
 
 
 class PreprocessConfig(Strict):
@@ -74,7 +76,8 @@ class PreprocessConfig(Strict):
     faces: FacesConfig = FacesConfig()
     decode_batch: int = Field(4, ge=1)
     decode_cpus: float = Field(0.25, gt=0, description="Ray CPUs per decode task")
-    detector_actors: int = Field(0, ge=0, description="actor pool size; 0 = one per available CPU (or GPU)")
+    detector_actors: int = Field(0, ge=0, description="actor pool size; 0 = one per GPU, else as many as "
+                                 "the CPUs hold after one decode actor")
     detector_cpus: float = Field(0.75, gt=0, description="Ray CPUs per detector actor")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per detector actor")
     limit: int | None = Field(None, ge=1, description="process only the first N manifest rows (by image_id)")

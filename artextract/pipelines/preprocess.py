@@ -73,14 +73,17 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
 
     cpus, gpus = cluster_counts(ray)
     use_gpu = gpus > 0 and cfg.faces.device != "cpu"
-    actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int(cpus // cfg.detector_cpus) - 1 or 1))
+    # Measured on 2 cores (docs/benchmarks.md): one single-threaded detector per core beats one
+    # multi-threaded detector; small detector batches keep the actors evenly loaded.
+    actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int((cpus - cfg.decode_cpus) // cfg.detector_cpus)))
+    det_batch = cfg.faces.batch_size or (16 if use_gpu else 1)
     blocks = [work.slice(i, cfg.decode_batch) for i in range(0, len(work), cfg.decode_batch)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
                         batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",
                         compute=ActorPoolStrategy(min_size=1, max_size=max(2, int(cpus))))
     ds = ds.map_batches(FaceStage, fn_constructor_args=(cfg.faces, cfg.torch_threads),
-                        batch_size=cfg.faces.batch_size, batch_format="numpy",
+                        batch_size=det_batch, batch_format="numpy",
                         num_cpus=cfg.detector_cpus, num_gpus=1 if use_gpu else 0,
                         compute=ActorPoolStrategy(size=actors))
     ds = ds.map_batches(ShardWriter, fn_constructor_args=(cfg.out, cfg.storage, work.drop_columns(

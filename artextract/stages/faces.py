@@ -65,8 +65,9 @@ class FaceDetector:
         for i, img in enumerate(images):
             buckets.setdefault(img.shape, []).append(i)
         for idx in buckets.values():
-            for start in range(0, len(idx), self.cfg.batch_size):
-                chunk = idx[start:start + self.cfg.batch_size]
+            step = self.cfg.batch_size or len(idx)
+            for start in range(0, len(idx), step):
+                chunk = idx[start:start + step]
                 stack = np.stack([images[i] for i in chunk])
                 boxes, probs, points = self.mtcnn.detect(stack, landmarks=True)
                 for i, b, p, l in zip(chunk, boxes, probs, points):
