@@ -86,12 +86,10 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
                         batch_size=det_batch, batch_format="numpy",
                         num_cpus=cfg.detector_cpus, num_gpus=1 if use_gpu else 0,
                         compute=ActorPoolStrategy(size=actors))
-    ds = ds.map_batches(ShardWriter, fn_constructor_args=(cfg.out, cfg.storage, work.drop_columns(
-                            [c for c in work.column_names if c in ("faces",)]), cfg.faces.crop_size),
-                        batch_size=None, batch_format="pyarrow", num_cpus=0.01,
+    ds = ds.map_batches(ShardWriter, fn_constructor_args=(cfg.out, cfg.storage, work, cfg.faces.crop_size),
+                        batch_size=None, batch_format="pyarrow", num_cpus=0,  # I/O only
                         compute=ActorPoolStrategy(size=1))
-    t0, rows, n_shards = time.perf_counter(), 0, len(set(work["shard"].to_pylist()))
-    written = 0
+    t0, rows, written, n_shards = time.perf_counter(), 0, 0, len(set(work["shard"].to_pylist()))
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for stat in batch.to_pylist():
             written += 1
