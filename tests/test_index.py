@@ -1,0 +1,269 @@
+"""Sharded FAISS index on synthetic clustered vectors: build, search, update, publish, lock, S3, Ray."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from artextract import storage
+from artextract.index import build as B
+from artextract.index import lock as L
+from artextract.index import versions as V
+from artextract.index import (ChecksumError, IndexReader, LockError, build_index, exact_search,
+                              rollback, torch_exact_search, update_index)
+
+D = 32
+
+
+def make_table(n: int, seed: int = 0, start: int = 0, clusters: int = 20) -> pa.Table:
+    """n L2-normalised vectors around ``clusters`` gaussian centres, keys img{start+i}/face."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).normal(size=(clusters, D)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, D)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"img{start + i:06d}" for i in range(n)]
+    faces = [((start + i) % 3) - 1 for i in range(n)]
+    return pa.table({"image_id": pa.array(ids, pa.string()), "face_idx": pa.array(faces, pa.int16()),
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), D),
+                     "model_version": pa.array(["clip-test@1"] * n, pa.string())})
+
+
+def write_embeddings(table: pa.Table, uri: str, cfg=None, parts: int = 3) -> str:
+    step = -(-len(table) // parts)
+    for i in range(parts):
+        storage.write_parquet(storage.join(uri, f"part-{i:05d}.parquet"), table.slice(i * step, step), cfg)
+    return uri
+
+
+def keys_of(table: pa.Table) -> list[tuple[str, int]]:
+    return list(zip(table["image_id"].to_pylist(), table["face_idx"].to_pylist()))
+
+
+def reference(table: pa.Table, queries: np.ndarray, k: int):
+    """Exact unsharded top-k as keys and scores."""
+    scores, pos = exact_search(V.vectors_of(table), queries, k, backend="faiss")
+    keys = keys_of(table)
+    return scores, [[keys[p] for p in row] for row in pos]
+
+
+@pytest.fixture(scope="module")
+def data() -> pa.Table:
+    return make_table(3000)
+
+
+@pytest.fixture(scope="module")
+def queries() -> np.ndarray:
+    q = V.vectors_of(make_table(50, seed=7))
+    return q
+
+
+def test_sharded_exact_matches_unsharded(tmp_path, data, queries):
+    emb = write_embeddings(data, str(tmp_path / "emb"))
+    m = build_index(emb, str(tmp_path / "idx"), shards=4)
+    assert m["factory"] == "IDMap2,Flat" and m["num_shards"] == 4 and m["total"] == len(data)
+    assert sum(m["counts"]) == len(data) and min(m["counts"]) > 0
+    assert m["recall_at_10"] == 1.0 and m["model_versions"] == ["clip-test@1"] and m["dim"] == D
+    scores, keys = IndexReader(str(tmp_path / "idx")).search(queries, 10)
+    ref_scores, ref_keys = reference(data, queries, 10)
+    assert keys == ref_keys
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_ivf_recall_recorded(tmp_path, data, queries):
+    m = build_index(data, str(tmp_path / "idx"), shards=3, factory="IVF32,Flat", nprobe=8)
+    assert m["factory"] == "IVF32,Flat"
+    assert m["recall_at_10"] >= 0.9, m["recall_at_10"]
+    reader = IndexReader(str(tmp_path / "idx"))
+    # All shards share one trained quantizer.
+    import faiss
+
+    cents = [faiss.extract_index_ivf(ix).quantizer.reconstruct_n(0, 32) for ix in reader.indexes]
+    assert all(np.array_equal(cents[0], c) for c in cents[1:])
+    _, keys = reader.search(queries, 10)
+    _, ref_keys = reference(data, queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(keys, ref_keys)])
+    assert recall >= 0.9
+    assert B.choose_factory(1000) == "Flat" and B.choose_factory(1_000_000) == "IVF4000,Flat"
+
+
+def test_update_equals_rebuild(tmp_path, data, queries):
+    a, b = data.slice(0, 2500), make_table(300, seed=3, start=10_000)
+    removed = keys_of(data)[100:400:2]
+    idx = str(tmp_path / "idx")
+    build_index(a, idx, shards=4)
+    m = update_index(idx, add_embeddings=b, remove_keys=removed + [("no-such-image", -1)])
+    assert m["version"] == 2 and m["parent"] == 1 and m["update"]["removed_rows"] == len(removed)
+    expected = pa.concat_tables([a, b])
+    gone = set(removed)
+    expected = expected.filter(pa.array([k not in gone for k in keys_of(expected)]))
+    assert m["total"] == len(expected)
+    build_index(expected, str(tmp_path / "full"), shards=4)
+    s1, k1 = IndexReader(idx).search(queries, 10)
+    s2, k2 = IndexReader(str(tmp_path / "full")).search(queries, 10)
+    assert k1 == k2
+    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-6)
+    # Copy-on-write: only a shard touched by the update is rewritten.
+    only = [k for k in keys_of(b)[:1]]
+    shard = V.key_id(*only[0]) % 4
+    m3 = update_index(idx, remove_keys=only)
+    assert m3["update"]["rewritten_shards"] == [shard]
+    for old, new in zip(m["shards"], m3["shards"]):
+        assert (old["sha256"] == new["sha256"]) == (old["shard"] != shard)
+
+
+def test_crash_before_publish_keeps_old_version(tmp_path, data, queries, monkeypatch):
+    idx = str(tmp_path / "idx")
+    build_index(data, idx, shards=2)
+    before = IndexReader(idx).search(queries, 5)
+
+    def boom(*a, **k):
+        raise RuntimeError("injected crash before publish")
+
+    monkeypatch.setattr(V, "publish", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        build_index(make_table(500, seed=9), idx, shards=2)
+    with pytest.raises(RuntimeError, match="injected"):
+        update_index(idx, remove_keys=keys_of(data)[:10])
+    monkeypatch.undo()
+    assert V.current_version(idx) == 1 and L.read_lock(idx) is None
+    after = IndexReader(idx).search(queries, 5)
+    assert after[1] == before[1]
+    # The next publish skips the abandoned version numbers.
+    assert update_index(idx, remove_keys=keys_of(data)[:1])["version"] == 4
+
+
+def test_lock_contention_and_stale_lock(tmp_path, data):
+    idx = str(tmp_path / "idx")
+    build_index(data.slice(0, 500), idx, shards=2)
+    token = L.acquire(idx, owner="other-job")
+    with pytest.raises(LockError, match="locked by another writer.*other-job"):
+        update_index(idx, remove_keys=keys_of(data)[:3])
+    with pytest.raises(LockError, match="only once it is older"):
+        update_index(idx, remove_keys=keys_of(data)[:3], force=True)
+    assert V.current_version(idx) == 1
+    # Age the lock: force breaks it only then.
+    path = os.path.join(idx, "LOCK")
+    rec = json.load(open(path))
+    rec["created"] = time.time() - 7200
+    open(path, "w").write(json.dumps(rec))
+    with pytest.raises(LockError, match="rerun with force=True"):
+        update_index(idx, remove_keys=keys_of(data)[:3])
+    assert update_index(idx, remove_keys=keys_of(data)[:3], force=True)["version"] == 2
+    L.release(idx, token)  # no longer ours: must not delete anything
+    assert not os.path.exists(path)
+
+
+def test_checksum_mismatch_detected(tmp_path, data):
+    idx = str(tmp_path / "idx")
+    m = build_index(data.slice(0, 500), idx, shards=2)
+    shard = os.path.join(idx, "versions", "v000001", m["shards"][1]["index"])
+    blob = bytearray(open(shard, "rb").read())
+    blob[-5] ^= 0xFF
+    open(shard, "wb").write(bytes(blob))
+    with pytest.raises(ChecksumError, match="part-00001.faiss"):
+        IndexReader(idx)
+    with pytest.raises(ChecksumError):
+        update_index(idx, remove_keys=[k for k in keys_of(data)[:500] if V.key_id(*k) % 2 == 1][:1])
+
+
+def test_prune_and_rollback(tmp_path, data, queries):
+    idx = str(tmp_path / "idx")
+    for i in range(4):
+        build_index(data.slice(0, 300 + 100 * i), idx, shards=2, keep=2)
+    assert V.list_versions(idx) == [3, 4] and V.current_version(idx) == 4
+    rollback(idx, 3)
+    r = IndexReader(idx)
+    assert r.version == 3 and r.ntotal == 500
+    with pytest.raises(FileNotFoundError):
+        rollback(idx, 1)
+    build_index(data.slice(0, 200), idx, shards=2, keep=1)
+    assert V.list_versions(idx) == [5] and IndexReader(idx).ntotal == 200
+
+
+def test_torch_exact_search_cpu(data, queries):
+    pytest.importorskip("torch")
+    vec = V.vectors_of(data)
+    s_ref, i_ref = exact_search(vec, queries, 10, backend="faiss")
+    s, i = torch_exact_search(vec, queries, 10, device="cpu", chunk=700)
+    assert np.array_equal(i, i_ref)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-5, atol=1e-5)
+    s, i = torch_exact_search(vec[:4], queries, 10, device="cpu", chunk=3)
+    assert (i[:, 4:] == -1).all() and set(i[0, :4].tolist()) == {0, 1, 2, 3}
+    s_l2, i_l2 = torch_exact_search(vec, queries, 5, metric="l2", chunk=1000)
+    s_l2r, i_l2r = exact_search(vec, queries, 5, metric="l2", backend="faiss")
+    assert np.array_equal(i_l2, i_l2r)
+
+
+def test_s3_build_update_search(s3_bucket, s3_storage, data, queries):
+    emb = write_embeddings(data.slice(0, 1200), f"s3://{s3_bucket}/emb", s3_storage, parts=2)
+    idx = f"s3://{s3_bucket}/index"
+    m = build_index(emb, idx, shards=3, storage_cfg=s3_storage)
+    assert m["recall_at_10"] == 1.0
+    ref_scores, ref_keys = reference(data.slice(0, 1200), queries, 10)
+    scores, keys = IndexReader(idx, s3_storage).search(queries, 10)
+    assert keys == ref_keys
+    token = L.acquire(idx, s3_storage, owner="holder")
+    with pytest.raises(LockError, match="holder"):
+        update_index(idx, remove_keys=keys_of(data)[:2], storage_cfg=s3_storage)
+    L.release(idx, token, s3_storage)
+    m2 = update_index(idx, remove_keys=keys_of(data)[:2], storage_cfg=s3_storage)
+    assert m2["total"] == 1198 and V.current_version(idx, s3_storage) == 2
+    assert len(m2["update"]["copied_shards"]) >= 1
+    assert IndexReader(idx, s3_storage).ntotal == 1198
+    update_index(idx, remove_keys=keys_of(data)[2:4], storage_cfg=s3_storage, keep=1)
+    assert V.list_versions(idx, s3_storage) == [3]
+    assert IndexReader(idx, s3_storage).ntotal == 1196
+
+
+def test_ray_build_matches_local(tmp_path, ray_session, data, queries):
+    local = build_index(data, str(tmp_path / "local"), shards=4, factory="IVF16,Flat", nprobe=4)
+    remote = build_index(data, str(tmp_path / "ray"), shards=4, factory="IVF16,Flat", nprobe=4,
+                         parallel="ray")
+    assert [e["sha256"] for e in local["shards"]] == [e["sha256"] for e in remote["shards"]]
+    assert local["recall_at_10"] == remote["recall_at_10"]
+    a = IndexReader(str(tmp_path / "local")).search(queries, 10)
+    b = IndexReader(str(tmp_path / "ray")).search(queries, 10)
+    assert a[1] == b[1]
+
+
+def test_l2_metric_and_ivf_upsert(tmp_path, data, queries):
+    idx = str(tmp_path / "l2")
+    build_index(data, idx, shards=3, metric="l2")
+    s, keys = IndexReader(idx).search(queries, 10)
+    _, pos = exact_search(V.vectors_of(data), queries, 10, metric="l2", backend="faiss")
+    all_keys = keys_of(data)
+    assert keys == [[all_keys[p] for p in row] for row in pos]
+    assert (np.diff(s, axis=1) >= 0).all()  # distances ascend
+    # Upsert on an IVF index: re-adding a key replaces its vector; removal works on IVF lists.
+    ivf = str(tmp_path / "ivf")
+    build_index(data, ivf, shards=2, factory="IVF16,Flat", nprobe=16)
+    moved = data.slice(0, 1)
+    new_vec = -V.vectors_of(moved)
+    moved = moved.set_column(2, "vector", pa.FixedSizeListArray.from_arrays(pa.array(new_vec.ravel()), D))
+    m = update_index(ivf, add_embeddings=moved, remove_keys=[keys_of(data)[1]])
+    assert m["total"] == len(data) - 1 and m["update"]["removed_rows"] == 2
+    r = IndexReader(ivf)
+    _, keys = r.search(new_vec, 1)
+    assert keys[0][0] == keys_of(data)[0]
+    _, keys = r.search(V.vectors_of(data.slice(1, 1)), 5)
+    assert keys_of(data)[1] not in keys[0]
+
+
+def test_lock_is_exclusive_under_races(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    idx = str(tmp_path / "idx")
+
+    def grab(_):
+        try:
+            return L.acquire(idx, owner="racer")
+        except LockError:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        got = [t for t in pool.map(grab, range(16)) if t]
+    assert len(got) == 1
