@@ -1,0 +1,1 @@
+"""Training-data helpers (torch only): m-per-class batch sampling and reproduction augmentations."""

@@ -1,0 +1,1 @@
+"""Torch-only models: backbone registry, embedding nets. Never touches torch.distributed."""
