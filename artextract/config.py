@@ -5,10 +5,10 @@ types are rejected with a message naming the key. The resolved config is saved b
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 
 class Strict(BaseModel):
@@ -232,3 +232,56 @@ def save_resolved(cfg: BaseModel, out_uri: str, name: str = "config.resolved.yam
     uri = storage.join(out_uri, name)
     storage.write_text(uri, to_yaml(cfg), getattr(cfg, "storage", None))
     return uri
+
+
+class IndexBuildConfig(Strict):
+    """``artextract index build``: embedding parquet shards -> a new published version of a sharded
+    FAISS index under ``out`` (see artextract/index/versions.py for the layout)."""
+
+    embeddings: str = Field("", description="URI of the embedding shards (part-*.parquet: image_id, "
+                            "face_idx, vector, model_version)")
+    out: str = Field("", description="index root URI (CURRENT, LOCK, versions/)")
+    shards: int = Field(4, ge=1, description="rows go to shard id % shards")
+    factory: str | None = Field(None, description="faiss factory string; None = Flat below flat_threshold, "
+                                "else IVF{4*sqrt(n)},Flat")
+    metric: Literal["ip", "l2"] = "ip"
+    parallel: Literal["local", "ray"] = Field("local", description="build shards in-process or as Ray tasks")
+    keep: int = Field(3, ge=1, description="versions kept after publishing (the published one never pruned)")
+    nprobe: int = Field(16, ge=1, description="default IVF nprobe recorded in index.json")
+    flat_threshold: int = Field(50_000, ge=1)
+    train_size: int = Field(100_000, ge=1, description="rows sampled to train the IVF quantizer once")
+    recall_queries: int = Field(200, ge=1, description="rows used as queries to measure recall@10")
+    seed: int = 0
+    force_lock: bool = Field(False, description="break a stale LOCK (older than an hour) left by a crash")
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+def _id_as_str(v: Any) -> Any:
+    # ``id=123`` overrides are YAML-typed: image ids are strings even when they look like numbers.
+    return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+class SearchConfig(Strict):
+    """``artextract search``: k-NN over a published index for a query vector file or an image_id."""
+
+    index: str = Field("", description="index root URI")
+    vector: str | None = Field(None, description=".npy URI holding a (d,) or (q, d) float32 query")
+    id: Annotated[str | None, BeforeValidator(_id_as_str)] = Field(
+        None, description="query by image_id: its stored vectors (all faces unless face_idx is set)")
+    face_idx: int | None = Field(None, description="with id: only this face (-1 = whole image)")
+    embeddings: str | None = Field(None, description="with id: read the query vectors from these embedding "
+                                   "shards instead of reconstructing them from the index")
+    k: int = Field(10, ge=1, le=10_000)
+    nprobe: int | None = Field(None, ge=1, description="IVF nprobe; None = the one in index.json")
+    out: str = Field("", description="output dir: results.json, grid.png, summary.json")
+    manifest: str | None = Field(None, description="ingest manifest URI to join metadata by image_id")
+    metadata_columns: tuple[str, ...] = (
+        "title", "attribution", "artist", "displaydate", "date", "style", "genre",
+        "iiif_thumb_url", "iiif_bounded_url", "iiif_full_url", "uri")
+    faces: str | None = Field(None, description="preprocess output URI: boxes/crops from faces/, whole "
+                              "images from images/ (enables the thumbnail grid)")
+    grid: bool = Field(True, description="write grid.png when faces= is given")
+    thumb_px: int = Field(128, ge=16, le=1024, description="grid cell side")
+    verify: bool = Field(True, description="check shard sha256 against index.json while loading")
+    storage: StorageConfig = StorageConfig()

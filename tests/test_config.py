@@ -71,6 +71,7 @@ SHIPPED = {
     "demo.yaml": "DemoConfig",
     "folder_ingest.yaml": "IngestFolderConfig",
     "nga_ingest.yaml": "IngestNgaConfig",
+    "index_build.yaml": "IndexBuildConfig",
     "nga_preprocess.yaml": "PreprocessConfig",
     "wikiart_ingest.yaml": "IngestWikiartConfig",
     "wikiart_preprocess.yaml": "PreprocessConfig",

@@ -52,6 +52,10 @@ def test_demo_faces_where_expected(demo_run):
     # Boxes are in original-image pixels: the astronaut's face in the 512 px original.
     x1, y1, x2, y2 = by_id["astronaut"]["box"]
     assert 150 < x1 < 200 and 240 < x2 < 290
+    # The double portrait pastes one head and its mirror image: opposite roll, equal pitch.
+    pair = [f for f in faces if f["image_id"] == "double_portrait"]
+    assert pair[0]["roll"] * pair[1]["roll"] < 0 and abs(pair[0]["roll"] + pair[1]["roll"]) < 3
+    assert abs(pair[0]["pitch"] - pair[1]["pitch"]) < 3
     for f in faces:
         assert Image.open(io.BytesIO(f["crop_jpeg"])).size == (160, 160)
     quarantine = storage.read_parquet(str(demo_run / "preprocess" / "quarantine")).to_pylist()

@@ -117,6 +117,7 @@ def test_face_stage_output_schema(detector):
     assert table["n_faces"].to_pylist() == [2, 0, 0]
     face = table["faces"][0][0].as_py()
     assert len(face["box"]) == 4 and len(face["landmarks"]) == 10
+    assert abs(face["yaw"]) < 45 and abs(face["roll"]) < 30  # near-frontal painted heads
     assert Image.open(io.BytesIO(face["crop_jpeg"])).size == (160, 160)
 
 
@@ -125,7 +126,8 @@ def test_shard_writer_commits_complete_shards_once(tmp_path):
 
     manifest = pa.table({"image_id": ["a", "b", "c"], "uri": ["ua", "ub", "uc"], "title": ["A", "B", "C"],
                          "shard": pa.array([0, 0, 1], pa.int64())})
-    face = {"face_idx": 0, "box": [1.0, 2.0, 3.0, 4.0], "landmarks": [0.0] * 10, "prob": 0.99, "crop_jpeg": b"j"}
+    face = {"face_idx": 0, "box": [1.0, 2.0, 3.0, 4.0], "landmarks": [0.0] * 10, "prob": 0.99,
+            "yaw": 0.0, "pitch": 0.0, "roll": 0.0, "crop_jpeg": b"j"}
 
     def rows(ids, shards, faces):
         from artextract.stages.faces import FACE_TYPE

@@ -77,7 +77,10 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
     # multi-threaded detector; small detector batches keep the actors evenly loaded.
     actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int((cpus - cfg.decode_cpus) // cfg.detector_cpus)))
     det_batch = cfg.faces.batch_size or (16 if use_gpu else 1)
-    blocks = [work.slice(i, cfg.decode_batch) for i in range(0, len(work), cfg.decode_batch)]
+    # Only keys travel through the graph; the writer joins the manifest's metadata back per shard
+    # (passing metadata through would re-infer column types per batch, e.g. an all-null width).
+    keys = work.select(["image_id", "uri", "shard"])
+    blocks = [keys.slice(i, cfg.decode_batch) for i in range(0, len(keys), cfg.decode_batch)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
                         batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",

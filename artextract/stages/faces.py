@@ -12,12 +12,16 @@ import pyarrow as pa
 from artextract.config import FacesConfig
 from artextract.stages.align import aligned_crop
 from artextract.stages.decode import encode_jpeg
+from artextract.stages.pose import pose_from_landmarks
 
 FACE_TYPE = pa.struct([
     ("face_idx", pa.int16()),
     ("box", pa.list_(pa.float32(), 4)),        # x1, y1, x2, y2 in original pixels
     ("landmarks", pa.list_(pa.float32(), 10)),  # (x, y) x 5: eyes, nose, mouth corners
     ("prob", pa.float32()),
+    ("yaw", pa.float32()),    # head pose in degrees from the landmarks (stages/pose.py); NaN if degenerate
+    ("pitch", pa.float32()),
+    ("roll", pa.float32()),
     ("crop_jpeg", pa.binary()),
 ])
 
@@ -108,6 +112,8 @@ class FaceStage:
         # MTCNN regresses boxes of faces at the border partly outside the image: store the visible part.
         h, w = image.shape[:2]
         box = np.clip(face.box, 0, [w, h, w, h])
+        yaw, pitch, roll = pose_from_landmarks(face.landmarks[None].astype(np.float64))[0]
         return {"face_idx": k, "box": (box / scale).tolist(),
                 "landmarks": (face.landmarks / scale).reshape(-1).tolist(),
-                "prob": face.prob, "crop_jpeg": encode_jpeg(crop, 92)}
+                "prob": face.prob, "yaw": float(yaw), "pitch": float(pitch), "roll": float(roll),
+                "crop_jpeg": encode_jpeg(crop, 92)}

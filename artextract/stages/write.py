@@ -67,12 +67,12 @@ class ShardWriter:
 
 
 def explode_faces(image_ids: pa.ChunkedArray, faces: pa.ChunkedArray, crop_size: int) -> pa.Table:
-    """One row per face: image_id, face_idx, box, landmarks, prob, crop_jpeg, crop_size."""
+    """One row per face: image_id, face_idx, box, landmarks, prob, yaw/pitch/roll, crop_jpeg, crop_size."""
     faces = faces.combine_chunks()
     parents = pc.list_parent_indices(faces)
     flat = pc.list_flatten(faces)
     cols = {"image_id": pc.take(image_ids, parents)}
-    for name in ("face_idx", "box", "landmarks", "prob", "crop_jpeg"):
+    for name in ("face_idx", "box", "landmarks", "prob", "yaw", "pitch", "roll", "crop_jpeg"):
         cols[name] = pc.struct_field(flat, name)
     cols["crop_size"] = pa.array([crop_size] * len(flat), pa.int32())
     return pa.table(cols)
