@@ -285,3 +285,31 @@ class SearchConfig(Strict):
     thumb_px: int = Field(128, ge=16, le=1024, description="grid cell side")
     verify: bool = Field(True, description="check shard sha256 against index.json while loading")
     storage: StorageConfig = StorageConfig()
+
+
+class EmbedConfig(Strict):
+    """``artextract embed``: preprocess output (faces/ and/or images/) -> embedding shards for the index."""
+
+    input: str = Field("", description="preprocess output URI (faces/part-*.parquet, images/part-*.parquet)")
+    out: str = Field("", description="output URI: part-NNNNN.parquet (image_id, face_idx, vector, "
+                                     "model_version, yaw, pitch, roll), _plan.json, summary.json")
+    model: str = Field("untrained:resnet18", description="checkpoint URI (artextract.stages.embed."
+                                                         "save_checkpoint) or untrained:<backbone> / "
+                                                         "imagenet:<backbone>")
+    what: Literal["faces", "images", "both"] = Field("faces", description="face crops, whole paintings "
+                                                                          "(face_idx -1) or both")
+    image_size: int = Field(160, ge=16, description="square side the crops are resized to")
+    dim: int = Field(256, ge=1, description="embedding size for untrained:/imagenet: specs (checkpoints "
+                                            "carry their own)")
+    seed: int = Field(0, description="init seed for untrained:/imagenet: specs (part of model_version)")
+    batch_size: int = Field(32, ge=1, description="images per forward pass (and per Ray block)")
+    actors: int = Field(0, ge=0, description="embedding actor pool size; 0 = one per GPU, else as many "
+                                             "as CPUs allow")
+    actor_cpus: float = Field(0.75, gt=0, description="Ray CPUs per embedding actor")
+    read_cpus: float = Field(0.25, gt=0, description="Ray CPUs per read task")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per CPU actor")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    shard_rows: int = Field(4096, ge=1, description="vectors per output shard (sorted by image_id, face_idx)")
+    overwrite: bool = False
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()

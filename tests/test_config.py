@@ -69,6 +69,7 @@ def test_resolved_config_round_trips(tmp_path):
 # Every YAML under configs/ and the schema it must satisfy (later jobs add theirs here).
 SHIPPED = {
     "demo.yaml": "DemoConfig",
+    "embed.yaml": "EmbedConfig",
     "folder_ingest.yaml": "IngestFolderConfig",
     "nga_ingest.yaml": "IngestNgaConfig",
     "index_build.yaml": "IndexBuildConfig",

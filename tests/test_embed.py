@@ -1,0 +1,154 @@
+"""Embedding stage and pipeline: tiny untrained resnet18 at 64 px, the built-in demo collection."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from artextract.cli import main
+from artextract.stages.embed import EmbedStage, load_model, model_version_of, save_checkpoint
+
+SPEC = "untrained:resnet18"
+
+
+def _jpeg(seed: int, size: int = 80) -> bytes:
+    rng = np.random.default_rng(seed)
+    im = Image.fromarray(rng.integers(0, 255, (size, size + 7, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _batch(n: int = 5) -> dict:
+    return {"image_id": np.array([f"img{i}" for i in range(n)], object),
+            "face_idx": np.array([0, 1, -1, 0, 2][:n]),
+            "jpeg": np.array([_jpeg(i) for i in range(n)], object),
+            "yaw": np.array([1.5, None, None, 2.0, 3.0][:n], object)}
+
+
+def _vectors(table: pa.Table) -> np.ndarray:
+    col = table["vector"].combine_chunks()
+    return col.values.to_numpy().reshape(len(table), col.type.list_size)
+
+
+@pytest.fixture(scope="module")
+def stage() -> EmbedStage:
+    return EmbedStage(SPEC, image_size=64, device="cpu", batch_size=2, dim=32)
+
+
+def test_stage_shapes_norm_determinism(stage):
+    out = stage(_batch())
+    assert out.column_names == ["image_id", "face_idx", "vector", "model_version", "yaw", "pitch", "roll"]
+    assert out.schema.field("vector").type == pa.list_(pa.float32(), 32)
+    assert out.schema.field("face_idx").type == pa.int16()
+    v = _vectors(out)
+    assert v.shape == (5, 32) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert len({tuple(np.round(r, 5)) for r in v}) == 5  # different images -> different vectors
+    assert out["model_version"].to_pylist() == [model_version_of(SPEC, 32, 0)] * 5
+    yaw = out["yaw"].to_pylist()
+    assert yaw[0] == 1.5 and np.isnan(yaw[1]) and np.isnan(out["pitch"][0].as_py())
+    # A fresh stage (same spec and seed) gives the same numbers; an empty batch is fine.
+    again = EmbedStage(SPEC, image_size=64, device="cpu", batch_size=2, dim=32)(_batch())
+    np.testing.assert_array_equal(_vectors(again), v)
+    assert len(stage({"image_id": np.array([], object), "jpeg": np.array([], object)})) == 0
+
+
+def test_checkpoint_round_trip(tmp_path, stage):
+    uri = str(tmp_path / "model.pt")
+    version = save_checkpoint(stage.model, {"backbone": "resnet18", "dim": 32}, uri)
+    loaded = EmbedStage(uri, image_size=64, device="cpu", batch_size=2)
+    assert loaded.model_version == version == model_version_of(uri) and len(version) == 16
+    np.testing.assert_array_equal(_vectors(loaded(_batch())), _vectors(stage(_batch())))
+
+
+def test_checkpoint_mismatch_fails_clearly(tmp_path, stage):
+    state = dict(stage.model.state_dict())
+    state.pop("head.3.weight")
+    state["extra.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.pt"
+    torch.save({"config": {"backbone": "resnet18", "dim": 32}, "state_dict": state}, bad)
+    with pytest.raises(ValueError, match=r"missing \['head.3.weight'\].*unexpected \['extra.weight'\]"):
+        load_model(str(bad))
+    wrong_dim = tmp_path / "dim.pt"
+    torch.save({"config": {"backbone": "resnet18", "dim": 16}, "state_dict": stage.model.state_dict()}, wrong_dim)
+    with pytest.raises(ValueError, match="wrong shape"):
+        load_model(str(wrong_dim))
+    not_ckpt = tmp_path / "raw.pt"
+    torch.save(stage.model.state_dict(), not_ckpt)
+    with pytest.raises(ValueError, match="'config' and 'state_dict'"):
+        load_model(str(not_ckpt))
+
+
+# ------------------------------------------------------------------------------- pipeline (Ray)
+
+TINY = ["image_size=64", "dim=32", "batch_size=16", "shard_rows=8"]
+
+
+@pytest.fixture(scope="module")
+def demo(ray_session, tmp_path_factory):
+    """The demo collection ingested and preprocessed once (22 images, 15 ok, 14 faces)."""
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out)]) == 0
+    return out / "preprocess"
+
+
+def _embed(demo, out, what: str, *overrides: str) -> int:
+    return main(["embed", "--model", SPEC, "--input", str(demo), "--out", str(out), "--what", what,
+                 *TINY, *overrides])
+
+
+def _read(out) -> pa.Table:
+    from artextract import storage
+
+    return storage.read_parquet(str(out))
+
+
+def test_pipeline_rerun_identical_and_search(demo, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _embed(demo, a, "both") == 0
+    summary = json.loads((a / "summary.json").read_text())
+    counts = summary["counts"]
+    assert counts["rows_in"] == counts["vectors_out"] == 29
+    assert (counts["faces"], counts["whole_images"], counts["shards"]) == (14, 15, 4)
+    assert summary["model_version"] == model_version_of(SPEC, 32, 0)
+    ta = _read(a)
+    keys = list(zip(ta["image_id"].to_pylist(), ta["face_idx"].to_pylist()))
+    assert keys == sorted(keys) and len(set(keys)) == 29
+    assert ta.schema.field("vector").type == pa.list_(pa.float32(), 32)
+    assert ta.schema.field("face_idx").type == pa.int16()
+    whole = np.asarray(ta["face_idx"].to_pylist()) == -1
+    assert np.isnan(np.asarray(ta["yaw"].to_pylist(), np.float32)[whole]).all()
+    assert not np.isnan(np.asarray(ta["yaw"].to_pylist(), np.float32)[~whole]).any()
+    np.testing.assert_allclose(np.linalg.norm(_vectors(ta), axis=1), 1.0, atol=1e-5)
+    # Rerun: every shard is skipped; another model or selection into the same out is refused.
+    assert _embed(demo, a, "both") == 0
+    again = json.loads((a / "summary.json").read_text())["counts"]
+    assert again["shards_skipped"] == 4 and again["shards_written_now"] == 0
+    capsys.readouterr()
+    assert _embed(demo, a, "both", "seed=1") == 1
+    assert _embed(demo, a, "faces") == 1
+    assert "different input, model" in capsys.readouterr().err
+    # A second run into a new dir gives bit-identical vectors.
+    assert _embed(demo, b, "both", "actors=1") == 0
+    tb = _read(b)
+    assert tb.select(["image_id", "face_idx"]).equals(ta.select(["image_id", "face_idx"]))
+    np.testing.assert_array_equal(_vectors(tb), _vectors(ta))
+
+    # End to end: index build + search by image_id (its face and its whole painting) with the grid.
+    idx, res = tmp_path / "idx", tmp_path / "res"
+    assert main(["index", "build", "--embeddings", str(a), "--out", str(idx), "--shards", "2"]) == 0
+    assert main(["search", "--index", str(idx), "--id", "astronaut", "--faces", str(demo),
+                 "-k", "3", "--out", str(res)]) == 0
+    results = {r["query"]["face_idx"]: r["hits"] for r in json.loads((res / "results.json").read_text())["results"]}
+    assert set(results) == {-1, 0}  # the whole painting and its one face
+    for face_idx, hits in results.items():
+        top = hits[0]
+        assert (top["image_id"], top["face_idx"], top["rank"]) == ("astronaut", face_idx, 1)
+        assert top["score"] == pytest.approx(1.0, abs=1e-4)
+    assert (res / "grid.png").stat().st_size > 0
