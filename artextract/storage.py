@@ -9,13 +9,12 @@ completes, so a crash never leaves a half-written file visible under its final n
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import posixpath
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -197,13 +196,6 @@ def relative(base: Location, path: str) -> str:
     return rel.replace(os.sep, "/")
 
 
-def ensure_dir(uri: str, cfg: StorageConfig | None = None) -> None:
-    """Create a local directory (no-op for object stores, which have no directories)."""
-    loc = filesystem_for(uri, cfg)
-    if not loc.is_s3:
-        os.makedirs(loc.path, exist_ok=True)
-
-
 def delete_file(uri: str, cfg: StorageConfig | None = None) -> None:
     """Delete one file if present."""
     loc = filesystem_for(uri, cfg)
@@ -211,17 +203,6 @@ def delete_file(uri: str, cfg: StorageConfig | None = None) -> None:
         loc.fs.delete_file(loc.path)
     except FileNotFoundError:
         pass
-
-
-def iter_chunks(items: list, size: int) -> Iterator[list]:
-    """Yield successive ``size``-long chunks of ``items``."""
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def buffer_reader(data: bytes) -> io.BytesIO:
-    """Wrap bytes for libraries that want a file object."""
-    return io.BytesIO(data)
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:

@@ -151,7 +151,7 @@ def load_ids(out_uri: str, version: int, entry: dict[str, Any], cfg: StorageConf
     data = storage.read_bytes(uri, cfg)
     if verify and V.sha256(data) != entry["ids_sha256"]:
         raise ChecksumError(f"checksum mismatch for {uri}: expected {entry['ids_sha256']}, got {V.sha256(data)}")
-    return pq.read_table(storage.buffer_reader(data))
+    return pq.read_table(pa.BufferReader(data))
 
 
 
