@@ -7,7 +7,7 @@ Faithfully naive but not sabotaged: files that PIL cannot open are counted and s
 notebook would crash on them; the bench collections contain some on purpose).
 
 ``python -m artextract.bench.naive --images DIR --out DIR`` prints one JSON line of counts and
-writes it to ``DIR/naive_summary.json``.
+writes it to ``DIR/naive_summary.json`` (boxes and probabilities go to ``DIR/naive_faces.json``).
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def run(images: Path, out: Path) -> dict:
     crops = out / "crops"
     crops.mkdir(parents=True, exist_ok=True)
     counts = dict(images=0, processed=0, failed=0, faces=0, faces_p92=0, images_with_faces=0)
+    detections = {}  # relpath -> [[x1, y1, x2, y2, prob], ...]: the bench matches these to the pipeline's
     for path in list_images(images):
         counts["images"] += 1
         try:
@@ -57,10 +58,13 @@ def run(images: Path, out: Path) -> dict:
             print(f"skip {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         counts["processed"] += 1
+        rel = path.relative_to(images).as_posix()
+        detections[rel] = []
         if boxes is None:
             continue
         counts["images_with_faces"] += 1
         for i, (box, prob) in enumerate(zip(boxes, probs)):
+            detections[rel].append([float(v) for v in box] + [float(prob)])
             face = img.crop(tuple(int(round(v)) for v in box)).resize((CROP_SIZE, CROP_SIZE))
             face.save(crops / f"{path.stem}_{i}.jpg", quality=92)
             counts["faces"] += 1
@@ -71,6 +75,7 @@ def run(images: Path, out: Path) -> dict:
                "images_per_s": round(counts["images"] / (t_end - t_model), 2) if t_end > t_model else None,
                "pipeline_s": round(t_end - t_model, 3)}
     (out / "naive_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "naive_faces.json").write_text(json.dumps(detections))
     return summary
 
 

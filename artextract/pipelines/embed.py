@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from artextract import storage
 from artextract.config import EmbedConfig, StorageConfig
 from artextract.manifest import shard_name
+from artextract.pipelines import shards
 from artextract.pipelines.ray_env import cluster_counts, init_ray
 from artextract.runinfo import JobRun
 from artextract.stages.embed import EmbedStage, model_version_of
@@ -79,22 +80,14 @@ def fingerprint(work: pa.Table, cfg: EmbedConfig, model_version: str) -> str:
 
 
 def _check_plan(cfg: EmbedConfig, fp: str, n_shards: int, model_version: str) -> None:
-    uri = storage.join(cfg.out, "_plan.json")
-    if storage.exists(uri, cfg.storage):
-        old = storage.read_json(uri, cfg.storage)
-        if old.get("fingerprint") != fp:
-            if not cfg.overwrite:
-                raise ValueError(f"{cfg.out} holds embeddings of a different input, model or shard size "
-                                 f"(model {old.get('model_version')}); use a new --out or pass overwrite=true")
-            for i in range(int(old.get("shards", 0))):
-                storage.delete_file(storage.join(cfg.out, shard_name(i)), cfg.storage)
-    storage.write_json(uri, {"fingerprint": fp, "shards": n_shards, "input": cfg.input, "what": cfg.what,
-                             "model": cfg.model, "model_version": model_version}, cfg.storage)
+    plan = {"fingerprint": fp, "shards": n_shards, "input": cfg.input, "what": cfg.what, "model": cfg.model,
+            "model_version": model_version}
+    shards.check_plan(cfg.out, cfg.storage, plan, cfg.overwrite, ("",),
+                      "embeddings of a different input, model or shard size")
 
 
 def _pending(cfg: EmbedConfig, n_shards: int) -> list[int]:
-    done = {f.base_name for f in storage.list_files(cfg.out, cfg.storage, suffix=".parquet", recursive=False)}
-    return [i for i in range(n_shards) if shard_name(i) not in done]
+    return shards.pending(cfg.out, cfg.storage, n_shards)
 
 
 def read_jpegs(batch: pa.Table, storage_cfg: StorageConfig) -> pa.Table:
@@ -200,15 +193,8 @@ def run(cfg: EmbedConfig) -> dict:
     job.lap("plan")
     log.info("embed: %d %s in %d shards, %d pending (model %s)", len(work), cfg.what, n_shards, n_pending,
              model_version)
-    rows, seconds, attempts = 0, 0.0, 0
-    while pending and attempts < 2:
-        attempts += 1
-        todo = work.filter(pc.is_in(work["shard"], pa.array(pending, pa.int64())))
-        r, s = _run_ray(cfg, todo)
-        rows, seconds = rows + r, seconds + s
-        pending = _pending(cfg, n_shards)
-    if pending:
-        raise RuntimeError(f"shards {pending[:10]} were not written after {attempts} passes")
+    rows, seconds = shards.run_passes(work, pending, lambda todo: _run_ray(cfg, todo),
+                                      lambda: _pending(cfg, n_shards))
     job.lap("embed")
     counts = _reconcile(cfg, work, n_shards, model_version)
     counts.update(shards_skipped=n_shards - n_pending, shards_written_now=n_pending, vectors_now=rows)

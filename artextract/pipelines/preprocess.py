@@ -17,11 +17,12 @@ import pyarrow.compute as pc
 from artextract import manifest as mf
 from artextract import storage
 from artextract.config import PreprocessConfig
+from artextract.pipelines import shards
 from artextract.pipelines.ray_env import cluster_counts, init_ray
 from artextract.runinfo import JobRun
 from artextract.stages.faces import FaceStage
 from artextract.stages.read import ReadDecodeStage
-from artextract.stages.write import ShardWriter, shard_uri
+from artextract.stages.write import ShardWriter
 
 log = logging.getLogger(__name__)
 TABLES = ("images", "faces", "quarantine")
@@ -47,23 +48,12 @@ def fingerprint(table: pa.Table, cfg: PreprocessConfig) -> str:
 
 
 def _check_plan(cfg: PreprocessConfig, fp: str, n_shards: int) -> None:
-    uri = storage.join(cfg.out, "_plan.json")
-    if storage.exists(uri, cfg.storage):
-        old = storage.read_json(uri, cfg.storage)
-        if old.get("fingerprint") != fp:
-            if not cfg.overwrite:
-                raise ValueError(f"{cfg.out} holds outputs of a different manifest or shard size; "
-                                 "use a new --out or pass overwrite=true")
-            for table in TABLES:
-                for i in range(int(old.get("shards", 0))):
-                    storage.delete_file(shard_uri(cfg.out, table, i), cfg.storage)
-    storage.write_json(uri, {"fingerprint": fp, "shards": n_shards, "manifest": cfg.manifest}, cfg.storage)
+    shards.check_plan(cfg.out, cfg.storage, {"fingerprint": fp, "shards": n_shards, "manifest": cfg.manifest},
+                      cfg.overwrite, TABLES, "outputs of a different manifest or shard size")
 
 
 def _pending(cfg: PreprocessConfig, n_shards: int) -> list[int]:
-    done = {info.base_name for info in storage.list_files(storage.join(cfg.out, "images"), cfg.storage,
-                                                           suffix=".parquet", recursive=False)}
-    return [i for i in range(n_shards) if mf.shard_name(i) not in done]
+    return shards.pending(cfg.out, cfg.storage, n_shards, marker_dir="images")
 
 
 def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
@@ -133,16 +123,8 @@ def run(cfg: PreprocessConfig) -> dict:
     n_pending = len(pending)
     job.lap("plan")
     log.info("preprocess: %d images in %d shards, %d pending", len(work), n_shards, len(pending))
-    rows, seconds, attempts = 0, 0.0, 0
-    while pending and attempts < 2:
-        # A shard lost with a crashed writer is simply missing: a second pass redoes only it.
-        attempts += 1
-        todo = work.filter(pc.is_in(work["shard"], pa.array(pending, pa.int64())))
-        r, s = _run_ray(cfg, todo)
-        rows, seconds = rows + r, seconds + s
-        pending = _pending(cfg, n_shards)
-    if pending:
-        raise RuntimeError(f"shards {pending[:10]} were not written after {attempts} passes")
+    rows, seconds = shards.run_passes(work, pending, lambda todo: _run_ray(cfg, todo),
+                                      lambda: _pending(cfg, n_shards))
     job.lap("process")
     counts = _reconcile(cfg, n_shards, len(work))
     counts.update(shards_skipped=n_shards - n_pending, shards_written_now=n_pending, rows_processed_now=rows)
