@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 FACENET := facenet-pytorch==2.6.0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-classifier clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m artextract.bench --out docs/benchmarks.md
+
+# WikiArt classifier: ~30 min training budget on CPU, then test-split evaluation and the classical baseline.
+bench-classifier: install
+	$(BIN)/python -m artextract.bench.classifier --out docs/benchmarks.md --budget-s 1800
 
 clean:
 	rm -rf runs .pytest_cache

@@ -80,6 +80,31 @@ VERBS: tuple[Verb, ...] = (
           Flag("--factory", "factory", "faiss factory string, e.g. IVF1024,Flat (default: by size)"),
           Flag("--parallel", "parallel", "local | ray"),
           Flag("--address", "ray.address", "Ray address for parallel=ray (default: local Ray)")) + _STORAGE),
+    Verb(("train", "classifier"), "ClassifierTrainConfig", "artextract.train.classifier:run",
+         "Ray Train: CNN-RNN style/genre/artist classifier -> checkpoints, history, summary",
+         (Flag("--input", "data.input", "preprocess output or manifest URI with label columns"),
+          Flag("--out", "out", "run directory URI"),
+          Flag("--workers", "train.workers", "Ray Train workers (DDP ranks)"),
+          Flag("--address", "ray.address", "Ray address (default: local Ray)")) + _STORAGE),
+    Verb(("train", "similarity"), "SimilarityTrainConfig", "artextract.train.similarity:run",
+         "Ray Train: Siamese/triplet embedding model on faces or paintings -> checkpoints + model.pt",
+         (Flag("--input", "data.input", "preprocess output URI"),
+          Flag("--out", "out", "run directory URI"),
+          Flag("--workers", "train.workers", "Ray Train workers (DDP ranks)"),
+          Flag("--address", "ray.address", "Ray address (default: local Ray)")) + _STORAGE),
+    Verb(("evaluate", "classifier"), "EvaluateClassifierConfig", "artextract.train.classifier_eval:run",
+         "metrics, confusion matrices, t-SNE, outliers and an HTML report for a classifier run",
+         (Flag("--run", "run", "training run directory"),
+          Flag("--manifest", "input", "preprocess output or manifest URI (default: the run's input)"),
+          Flag("--split", "split", "test | val | train | all"),
+          Flag("--out", "out", "report directory")) + _STORAGE),
+    Verb(("evaluate", "similarity"), "EvaluateSimilarityConfig", "artextract.eval.similarity:run",
+         "precision/recall@K, MAP@R, MRR, cosine distributions, SSIM/RMSE and a query grid for embeddings",
+         (Flag("--embeddings", "embeddings", "embedding shards URI"),
+          Flag("--out", "out", "report directory"),
+          Flag("--labels", "labels", "manifest/preprocess URI with the label column"),
+          Flag("--label-column", "label_column", "label column (e.g. artist): same label = relevant"),
+          Flag("--preprocess", "preprocess", "preprocess output (crops for SSIM/RMSE and the grid)")) + _STORAGE),
     Verb(("search",), "SearchConfig", "artextract.index.jobs:run_search",
          "k-NN search of a published index by query vector (.npy) or image_id -> results.json + grid.png",
          (Flag("--index", "index", "index root URI"),
@@ -103,8 +128,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Verb]]:
     for verb in VERBS:
         if len(verb.words) == 2:
             if verb.words[0] not in groups:
-                grp = top.add_parser(verb.words[0], help=f"{verb.words[0]} sources")
-                groups[verb.words[0]] = grp.add_subparsers(dest="sub", required=True, metavar="source")
+                grp = top.add_parser(verb.words[0], help=f"{verb.words[0]} ...")
+                groups[verb.words[0]] = grp.add_subparsers(dest="sub", required=True, metavar="what")
             p = groups[verb.words[0]].add_parser(verb.words[1], help=verb.help, description=verb.help)
         else:
             p = top.add_parser(verb.words[0], help=verb.help, description=verb.help)

@@ -76,6 +76,8 @@ SHIPPED = {
     "nga_preprocess.yaml": "PreprocessConfig",
     "wikiart_ingest.yaml": "IngestWikiartConfig",
     "wikiart_preprocess.yaml": "PreprocessConfig",
+    "wikiart_classifier.yaml": "ClassifierTrainConfig",
+    "nga_similarity.yaml": "SimilarityTrainConfig",
 }
 
 

@@ -1,0 +1,251 @@
+"""The training loop in plain torch: one function every task and every launcher shares.
+
+A :class:`Task` says how to build the model, compute a batch loss and validate; a
+:class:`WorkerContext` says who we are (rank/world/device) and where batches come from. The loop owns
+DDP wrapping, AMP, AdamW + schedule, clipping, checkpoints (last/best), resume, a time budget and
+progress logs. It never imports Ray: ``ray_train.py`` builds the context inside Ray Train workers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from artextract import storage
+from artextract.config import OptimConfig, StorageConfig, TrainRunConfig
+from artextract.train import checkpoint as ckpt
+from artextract.train.schedule import build_scheduler
+
+log = logging.getLogger(__name__)
+LOG_EVERY_S = 10.0
+
+
+class Task(Protocol):
+    """What the loop needs from a training task (classifier, similarity, ...)."""
+
+    name: str
+
+    def build_model(self) -> nn.Module: ...
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        """Loss of this rank's batch, normalised by the LOCAL batch size (DDP then averages ranks)."""
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Validation metrics on rank 0; ``score`` (higher is better) picks the best checkpoint."""
+
+    def meta(self) -> dict[str, Any]:
+        """Plain data stored in checkpoints to rebuild the model (config, vocabularies)."""
+
+
+@dataclass
+class WorkerContext:
+    """This process's place in the job and its data."""
+
+    rank: int
+    world: int
+    device: torch.device
+    steps_per_epoch: int
+    batches: Callable[[int, int], Iterable[dict[str, Any]]]  # (epoch, start_step) -> this rank's batches
+    report: Callable[[dict[str, Any]], None] = field(default=lambda m: None)
+
+
+def _seed_for(seed: int, *parts: int) -> int:
+    # Per-step seeds make dropout/augmentation identical after a resume and across world sizes.
+    h = seed
+    for p in parts:
+        h = (h * 1_000_003 + p) % (2**31 - 1)
+    return h
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> None:
+    """Seed torch's global RNG for (epoch, step, rank)."""
+    torch.manual_seed(_seed_for(seed, epoch, step, rank))
+
+
+def _is_dist(world: int) -> bool:
+    return world > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _agree(flag: bool, world: int) -> bool:
+    """True on every rank if rank 0 says so (keeps ranks in lockstep on budget stops)."""
+    if not _is_dist(world):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _mean_across(value: float, world: int) -> float:
+    if not _is_dist(world):
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / world
+
+
+def _barrier(world: int) -> None:
+    if _is_dist(world):
+        dist.barrier()
+
+
+def _set_bn_eval(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # No decay on biases and norm scales: decaying them only hurts (standard AdamW practice).
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _prepare(model: nn.Module, ctx: WorkerContext, run: TrainRunConfig) -> nn.Module:
+    model = model.to(ctx.device)
+    if ctx.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        if run.sync_bn and ctx.world > 1 and not run.freeze_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if _is_dist(ctx.world):
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def _amp_dtype(ctx: WorkerContext, run: TrainRunConfig) -> torch.dtype | None:
+    if not (run.amp and ctx.device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass
+class Progress:
+    """Where the run is; stored in every checkpoint."""
+
+    epoch: int = 0           # epochs fully completed
+    step: int = 0            # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of ``epoch`` already done (non-zero after a mid-epoch stop)
+    best_score: float = -math.inf
+    best_epoch: int = -1
+
+
+def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig, out: str,
+        storage_cfg: StorageConfig | None = None) -> dict[str, Any]:
+    """Train ``task`` on this rank; returns the final metrics (all ranks) and writes checkpoints (rank 0)."""
+    torch.manual_seed(run.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+    if run.torch_threads:
+        torch.set_num_threads(run.torch_threads)
+    model = _prepare(task.build_model(), ctx, run)
+    inner = getattr(model, "module", model)
+    opt = torch.optim.AdamW(_param_groups(model, optim.weight_decay), lr=optim.lr)
+    total = run.epochs * ctx.steps_per_epoch
+    sched = build_scheduler(opt, optim, total, ctx.steps_per_epoch)
+    amp = _amp_dtype(ctx, run)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    prog, history = Progress(), []
+    last_uri = ckpt.checkpoint_uri(out, "last")
+    if run.resume and storage.exists(last_uri, storage_cfg):
+        state = ckpt.load(last_uri, storage_cfg, task=task.name)
+        inner.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        prog, history = Progress(**state["progress"]), list(state["history"])
+        if ctx.rank == 0:
+            log.info("resumed %s from %s at epoch %d step %d", task.name, last_uri, prog.epoch, prog.step)
+    started = time.monotonic()
+    metrics: dict[str, Any] = history[-1] if history else {}
+    stop = prog.step >= total or (run.max_steps is not None and prog.step >= run.max_steps)
+    while prog.epoch < run.epochs and not stop:
+        epoch, t_epoch, seen, loss_sum, n_loss = prog.epoch, time.monotonic(), 0, 0.0, 0
+        model.train()
+        if run.freeze_bn:
+            _set_bn_eval(model)
+        last_log = time.monotonic()
+        for batch in ctx.batches(epoch, prog.batch_in_epoch):
+            step_seed(run.seed, epoch, prog.batch_in_epoch, ctx.rank)
+            with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
+                loss = task.loss(model, batch, ctx.device)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if optim.grad_clip:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            prog.step += 1
+            prog.batch_in_epoch += 1
+            loss_sum, n_loss = loss_sum + float(loss.detach()), n_loss + 1
+            seen += len(next(iter(batch.values())))
+            if ctx.rank == 0 and time.monotonic() - last_log > LOG_EVERY_S:
+                last_log = time.monotonic()
+                rate = seen * ctx.world / (last_log - t_epoch)
+                log.info("%s epoch %d/%d step %d/%d loss %.4f lr %.2e %.1f img/s", task.name, epoch + 1,
+                         run.epochs, prog.batch_in_epoch, ctx.steps_per_epoch, loss_sum / n_loss,
+                         sched.get_last_lr()[0], rate)
+            over_budget = run.time_budget_s is not None and time.monotonic() - started > run.time_budget_s
+            if _agree(over_budget or (run.max_steps is not None and prog.step >= run.max_steps), ctx.world):
+                stop = True
+                break
+        finished_epoch = prog.batch_in_epoch >= ctx.steps_per_epoch
+        if finished_epoch:
+            prog.epoch, prog.batch_in_epoch = epoch + 1, 0
+        metrics = {"epoch": epoch + 1, "epoch_complete": finished_epoch, "step": prog.step,
+                   "train_loss": _mean_across(loss_sum / max(n_loss, 1), ctx.world),
+                   "lr": sched.get_last_lr()[0], "seconds": round(time.monotonic() - t_epoch, 3),
+                   "images_per_s": round(seen * ctx.world / max(time.monotonic() - t_epoch, 1e-9), 2)}
+        validate = stop or prog.epoch >= run.epochs or (finished_epoch and prog.epoch % run.eval_every == 0)
+        if validate and ctx.rank == 0:
+            metrics.update({f"val_{k}": v for k, v in task.validate(inner, ctx.device).items()})
+        if ctx.rank == 0:
+            history.append(metrics)
+            _save(task, inner, opt, sched, scaler, prog, history, metrics, out, storage_cfg)
+            log.info("%s epoch %d: %s", task.name, epoch + 1, json.dumps(
+                {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+        _barrier(ctx.world)
+        ctx.report(metrics)
+        _maybe_inject_fault(run, epoch + 1, out, storage_cfg, ctx.rank)
+    return {"progress": vars(prog), "final": metrics, "history": history}
+
+
+def _save(task: Task, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: Any, prog: Progress,
+          history: list[dict], metrics: dict, out: str, storage_cfg: StorageConfig | None) -> None:
+    score = metrics.get("val_score")
+    best = score is not None and score > prog.best_score
+    if best:
+        prog.best_score, prog.best_epoch = float(score), int(metrics["epoch"])
+    payload = {"task": task.name, "meta": task.meta(), "state_dict": ckpt.cpu_state(model),
+               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+               "progress": vars(prog), "history": history}
+    # best first: a crash between the two leaves last.pt older, never a best.pt missing its epoch.
+    if best:
+        ckpt.save(ckpt.checkpoint_uri(out, "best"), payload, storage_cfg)
+    ckpt.save(ckpt.checkpoint_uri(out, "last"), payload, storage_cfg)
+    storage.write_text(storage.join(out, "history.jsonl"),
+                       "".join(json.dumps(h, default=float) + "\n" for h in history), storage_cfg)
+
+
+def _maybe_inject_fault(run: TrainRunConfig, epoch: int, out: str, storage_cfg: StorageConfig | None,
+                        rank: int) -> None:
+    # Chaos hook: crash once after checkpointing epoch k; the marker stops the retried attempt crashing too.
+    if run.fault_after_epoch != epoch:
+        return
+    marker = storage.join(out, "checkpoints", f"fault-injected-epoch{epoch}")
+    if storage.exists(marker, storage_cfg):
+        return
+    _barrier(run.workers)
+    if rank == 0:
+        storage.write_text(marker, "injected\n", storage_cfg)
+    _barrier(run.workers)
+    raise RuntimeError(f"injected fault after epoch {epoch} (train.fault_after_epoch)")

@@ -1,0 +1,97 @@
+"""Ray Train launcher: the only module that imports ``ray.train``.
+
+``launch`` runs :func:`artextract.train.loop.fit` in N Ray Train workers (TorchTrainer: gloo on CPU,
+NCCL on GPU). Data reaches workers either as a Ray Data dataset (streamed, split equally across
+workers) or through a task-provided deterministic local source. Checkpoints are written by the loop
+to the run's own storage (local or S3), so a restarted worker group (FailureConfig) and a rerun of
+the job both resume from ``<out>/checkpoints/last.pt``.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import ray
+import ray.train
+import torch
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from artextract import storage
+from artextract.config import OptimConfig, StorageConfig, TrainRunConfig
+from artextract.train.loop import Task, WorkerContext, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Launch:
+    """Everything a worker needs, shipped once through ``train_loop_config``."""
+
+    make_task: Callable[[], Task]
+    run: TrainRunConfig
+    optim: OptimConfig
+    out: str
+    storage: StorageConfig
+    steps_per_epoch: int
+    # For the local loader: (task, epoch, start, rank, world) -> batches. None = Ray Data "train" shard.
+    local_batches: Callable[[Any, int, int, int, int], Any] | None = None
+    shuffle_buffer: int = 0
+
+
+def _worker(config: dict[str, Any]) -> None:
+    spec: Launch = config["launch"]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    task = spec.make_task()
+    if spec.local_batches is None:
+        shard = ray.train.get_dataset_shard("train")
+        per = spec.run.batch_size // world
+
+        def batches(epoch: int, start: int):
+            it = shard.iter_torch_batches(batch_size=per, drop_last=True,
+                                          local_shuffle_buffer_size=spec.shuffle_buffer or None,
+                                          local_shuffle_seed=spec.run.seed + epoch if spec.shuffle_buffer else None)
+            # Equal split + drop_last gives every rank the same step count; stop at the schedule's.
+            return itertools.islice(it, start, spec.steps_per_epoch)
+    else:
+        def batches(epoch: int, start: int):
+            return spec.local_batches(task, epoch, start, rank, world)
+
+    wctx = WorkerContext(rank=rank, world=world, device=device, steps_per_epoch=spec.steps_per_epoch,
+                         batches=batches, report=lambda m: ray.train.report(
+                             {k: v for k, v in m.items() if isinstance(v, (int, float, bool, str))}))
+    fit(task, wctx, spec.run, spec.optim, spec.out, spec.storage)
+
+
+def _run_config(name: str, out: str, cfg: StorageConfig, max_failures: int) -> RunConfig:
+    # Ray keeps its own run bookkeeping beside our outputs, on the same (shared) storage.
+    loc = storage.filesystem_for(storage.join(out, "_ray"), cfg)
+    return RunConfig(name=name, storage_path=loc.path, storage_filesystem=loc.fs,
+                     failure_config=FailureConfig(max_failures=max_failures))
+
+
+def launch(spec: Launch, name: str, datasets: dict[str, Any] | None = None) -> None:
+    """Run training with ``spec.run.workers`` Ray Train workers; raises if the run fails for good."""
+    use_gpu = spec.run.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    per = spec.run.batch_size // spec.run.workers
+    if per * spec.run.workers != spec.run.batch_size:
+        raise ValueError(f"train.batch_size {spec.run.batch_size} must be divisible by train.workers "
+                         f"{spec.run.workers}")
+    resources = {"CPU": spec.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _worker, train_loop_config={"launch": spec},
+        scaling_config=ScalingConfig(num_workers=spec.run.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=_run_config(name, spec.out, spec.storage, spec.run.max_failures),
+        datasets=datasets or {})
+    log.info("training %s on %d %s worker(s), global batch %d", name, spec.run.workers,
+             "GPU" if use_gpu else "CPU", spec.run.batch_size)
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")

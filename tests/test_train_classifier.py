@@ -1,0 +1,168 @@
+"""CNN-RNN classifier: model shapes, masked multi-task loss, splits, and Ray Train runs (1 vs 2
+workers equivalence, crash + automatic resume, Ray Data streaming)."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from artextract import storage
+from artextract.config import ClassifierDataConfig, ClassifierTrainConfig, load_config
+from artextract.losses.multitask import MultiTaskLoss, balanced_weights
+from artextract.models.crnn import CRNNClassifier
+from artextract.synthetic_styles import write_labelled_collection
+from artextract.train import checkpoint as ckpt
+from artextract.train import data as tdata
+
+
+@pytest.mark.parametrize("sequence,rnn,pool", [("rows", "gru", "mean"), ("cols", "lstm", "last"),
+                                               ("both", "gru", "max")])
+def test_crnn_shapes(sequence, rnn, pool):
+    m = CRNNClassifier({"style": 5, "genre": 3}, backbone="resnet18", sequence=sequence, rnn=rnn, pool=pool,
+                       reduce_channels=16, hidden=8)
+    out = m(torch.randn(2, 3, 64, 48))
+    assert out["style"].shape == (2, 5) and out["genre"].shape == (2, 3)
+    assert m.features(torch.randn(2, 3, 64, 48)).shape == (2, m.feature_dim)
+    assert m.feature_dim == (2 if sequence == "both" else 1) * 16
+
+
+def test_crnn_efficientnet_and_unknown_names():
+    m = CRNNClassifier({"style": 2}, backbone="efficientnet_b0", reduce_channels=None, hidden=8)
+    assert m(torch.randn(1, 3, 64, 64))["style"].shape == (1, 2)
+    with pytest.raises(KeyError, match="unknown rnn"):
+        CRNNClassifier({"style": 2}, rnn="transformer")
+
+
+def test_multitask_loss_masks_unknown_and_is_ddp_exact():
+    torch.manual_seed(0)
+    logits = {"a": torch.randn(8, 4), "b": torch.randn(8, 3)}
+    y = {"a": torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), "b": torch.tensor([-1, 0, -1, 1, 2, -1, -1, 0])}
+    loss = MultiTaskLoss(["a", "b"], {"a": 1.0, "b": 0.5})
+    total, parts = loss(logits, y)
+    known = y["b"] >= 0
+    want_b = torch.nn.functional.cross_entropy(logits["b"][known], y["b"][known], reduction="sum") / (8 * 0.5)
+    assert parts["b"] == pytest.approx(float(want_b), rel=1e-6)
+    # Mean of the two halves' losses == the loss of the whole batch (what DDP averaging needs).
+    halves = [loss({k: v[s] for k, v in logits.items()}, {k: v[s] for k, v in y.items()})[0]
+              for s in (slice(0, 4), slice(4, 8))]
+    assert float(sum(halves) / 2) == pytest.approx(float(total), rel=1e-6)
+    # A batch where a task has no label at all is still finite.
+    t2, p2 = loss(logits, {"a": y["a"], "b": torch.full((8,), -1)})
+    assert torch.isfinite(t2) and p2["b"] == 0.0
+
+
+def test_balanced_weights():
+    w = balanced_weights(np.array([0, 0, 0, 1, -1]), 3)
+    assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])
+
+
+def test_splits_are_stratified_deterministic_and_stable():
+    ids = [f"img{i:04d}" for i in range(300)]
+    styles = ["A"] * 200 + ["B"] * 100
+    t = pa.table({"image_id": ids, "style": styles})
+    cfg = ClassifierDataConfig(test_fraction=0.2, val_fraction=0.1, stratify="style")
+    s1 = tdata.assign_splits(t, cfg)
+    assert (s1 == tdata.assign_splits(t, cfg)).all()
+    st = np.array(styles)
+    assert ((s1 == "test") & (st == "A")).sum() == 40 and ((s1 == "test") & (st == "B")).sum() == 20
+    # Adding rows never moves an existing row from test to train (hash-ranked, not shuffled).
+    t2 = pa.table({"image_id": ids + ["zz1", "zz2"], "style": styles + ["B", "B"]})
+    s2 = tdata.assign_splits(t2, cfg)[:300]
+    assert ((s1 == "test") != (s2 == "test")).sum() <= 2
+
+
+def test_vocab_min_count_and_encoding():
+    t = pa.table({"style": ["a", "a", "b", None, "c", "c"]})
+    vocab = tdata.build_vocab(t, ("style",), np.array([True] * 6), min_count=2)
+    assert vocab == {"style": ["a", "c"]}
+    assert tdata.encode_labels(t, vocab)["style"].tolist() == [0, 0, -1, -1, 1, 1]
+
+
+def test_label_columns_must_exist(tmp_path):
+    man = write_labelled_collection(str(tmp_path / "c"), per_style=2, size=32)
+    with pytest.raises(ValueError, match="label columns"):
+        tdata.load_rows(man, ("style", "sitter"), ClassifierTrainConfig().storage)
+
+
+# ---------------------------------------------------------------- Ray Train runs
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    return write_labelled_collection(str(tmp_path_factory.mktemp("styles")), per_style=8, size=40)
+
+
+def _cfg(collection: str, out, **over) -> ClassifierTrainConfig:
+    base = [f"out={out}", f"data.input={collection}", "data.image_size=32", "data.loader=local",
+            "data.augment=false", "data.test_fraction=0.2", "data.val_fraction=0.15",
+            "model.reduce_channels=16", "model.hidden=8", "model.dropout=0.0",
+            "train.batch_size=8", "train.epochs=2", "train.freeze_bn=true", "train.cpus_per_worker=0.5",
+            "train.torch_threads=1", "optim.warmup_epochs=0", "optim.lr=0.003"]
+    return load_config(ClassifierTrainConfig, overrides=base + [f"{k}={v}" for k, v in over.items()])
+
+
+def _weights(out) -> dict[str, torch.Tensor]:
+    return ckpt.load(ckpt.checkpoint_uri(str(out), "last"), task="classifier")["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def one_worker_run(ray_session, collection, tmp_path_factory):
+    from artextract.train.classifier import run
+
+    out = tmp_path_factory.mktemp("w1")
+    return out, run(_cfg(collection, out))
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_worker(ray_session, collection, one_worker_run, tmp_path):
+    from artextract.train.classifier import run
+
+    out1, summary1 = one_worker_run
+    assert summary1["counts"]["steps"] == 2 * summary1["counts"]["steps"] // 2 > 0
+    run(_cfg(collection, tmp_path / "w2", **{"train.workers": 2}))
+    w1, w2 = _weights(out1), _weights(tmp_path / "w2")
+    init = CRNNClassifier({"style": 4, "genre": 2, "artist": 8}, reduce_channels=16, hidden=8).state_dict()
+    moved = max(float((w1[k] - init[k]).abs().max()) for k in w1 if w1[k].is_floating_point() and k in init
+                and w1[k].shape == init[k].shape)
+    assert moved > 1e-2, "training did not change the weights"
+    for k in w1:
+        assert torch.allclose(w1[k].float(), w2[k].float(), atol=2e-5, rtol=1e-4), k
+
+
+@pytest.mark.slow
+def test_crash_after_epoch_resumes_to_same_result(ray_session, collection, one_worker_run, tmp_path):
+    from artextract.train.classifier import run
+
+    out1, summary1 = one_worker_run
+    out = tmp_path / "crash"
+    summary = run(_cfg(collection, out, **{"train.fault_after_epoch": 1, "train.max_failures": 1}))
+    assert storage.exists(str(out / "checkpoints" / "fault-injected-epoch1"))
+    h1 = [ln for ln in (out1 / "history.jsonl").read_text().splitlines()]
+    h2 = [ln for ln in (out / "history.jsonl").read_text().splitlines()]
+    assert len(h2) == len(h1) == 2
+    strip = ("seconds", "images_per_s")
+    import json
+    for a, b in zip(h1, h2):
+        a, b = json.loads(a), json.loads(b)
+        assert {k: v for k, v in a.items() if k not in strip} == pytest.approx(
+            {k: v for k, v in b.items() if k not in strip})
+    assert summary["final"]["val_score"] == pytest.approx(summary1["final"]["val_score"])
+    for k, v in _weights(out1).items():
+        assert torch.allclose(v.float(), _weights(out)[k].float(), atol=1e-6), k
+
+
+@pytest.mark.slow
+def test_ray_data_two_workers_learns(ray_session, collection, tmp_path):
+    from artextract.train.classifier import run
+
+    out = tmp_path / "rd"
+    summary = run(_cfg(collection, out, **{"data.loader": "ray_data", "train.workers": 2, "train.epochs": 4,
+                                           "data.augment": "true", "data.decode_cpus": 0.25,
+                                           "train.freeze_bn": "false"}))
+    assert summary["counts"]["epochs_completed"] == 4
+    hist = [__import__("json").loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert all(np.isfinite(h["train_loss"]) for h in hist)
+    assert storage.exists(str(out / "checkpoints" / "best.pt"))
+    assert (out / "splits.parquet").exists() and (out / "config.resolved.yaml").exists()
