@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 FACENET := facenet-pytorch==2.6.0
 
-.PHONY: install demo test test-fast bench bench-classifier clean
+.PHONY: install demo test test-fast bench bench-classifier bench-similarity clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: install
 # WikiArt classifier: ~30 min training budget on CPU, then test-split evaluation and the classical baseline.
 bench-classifier: install
 	$(BIN)/python -m artextract.bench.classifier --out docs/benchmarks.md --budget-s 1800
+
+# NGA faces near-duplicate recall + WikiArt portraits artist MAP@R vs untrained features; embed img/s.
+bench-similarity: install
+	$(BIN)/python -m artextract.bench.similarity --out docs/benchmarks.md --budget-s 480
 
 clean:
 	rm -rf runs .pytest_cache

@@ -115,7 +115,8 @@ VERBS: tuple[Verb, ...] = (
           Flag("--nprobe", "nprobe", "IVF lists probed (default: index.json)"),
           Flag("--out", "out", "output directory"),
           Flag("--manifest", "manifest", "ingest manifest URI: join title/artist/date/urls"),
-          Flag("--faces", "faces", "preprocess output URI: join boxes, draw the thumbnail grid")) + _STORAGE),
+          Flag("--faces", "faces", "preprocess output URI: join boxes, draw the thumbnail grid"),
+          Flag("--pose", "pose", "off | filter | rerank: similar head poses (needs --faces)")) + _STORAGE),
 )
 
 

@@ -1,14 +1,15 @@
-"""``artextract demo``: the main job on the embedded default collection, offline.
+"""``artextract demo``: the main jobs on the embedded default collection, offline.
 
 Generates the sample collection (real photographic faces from scikit-image's bundled data,
 painterly variants, faceless scenes, and deliberately broken files), ingests it, runs the Ray
-preprocess pipeline and prints what happened. ``--images URI`` runs the same on your own data.
+preprocess pipeline, then (demo_models.py) trains a tiny style classifier with its report and a tiny
+face-similarity model -> embeddings -> index -> query grid, and prints what happened. ``--images URI`` runs the same on your own data.
 """
 from __future__ import annotations
 
 import logging
 
-from artextract import storage
+from artextract import demo_models, storage
 from artextract.config import DemoConfig, IngestFolderConfig
 from artextract.ingest import folder
 from artextract.pipelines import preprocess
@@ -49,10 +50,23 @@ def run(cfg: DemoConfig) -> dict:
         "processed", "quarantined", "faces", "images_with_faces", "quarantine_reasons")}}
     if expected:
         counts.update(_check_expected(expected, pre_cfg.out, cfg))
+    extra: dict = {}
+    if cfg.classifier:
+        extra["classifier"] = demo_models.classifier_demo(cfg)
+        job.lap("classifier")
+    if cfg.similarity and counts["faces"] >= 8:
+        extra["similarity"] = demo_models.similarity_demo(cfg, pre_cfg.out)
+        job.lap("similarity")
+    elif cfg.similarity:
+        log.warning("similarity demo skipped: only %d faces detected (need 8)", counts["faces"])
     summary = job.finish(counts, images_per_s=pre.get("images_per_s"),
-                         outputs={"manifest": man_out, "preprocess": pre_cfg.out})
+                         outputs={"manifest": man_out, "preprocess": pre_cfg.out}, **extra)
     _print(summary)
     return summary
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.0f}%"
 
 
 def _print(summary: dict) -> None:
@@ -70,4 +84,16 @@ def _print(summary: dict) -> None:
     if "expected_outcomes_total" in c:
         lines.append(f"  sample checks {c['expected_outcomes_matched']}/{c['expected_outcomes_total']} outcomes as expected")
     lines.append(f"  outputs     {summary['outputs']['preprocess']} (images/ faces/ quarantine/ summary.json)")
+    if "classifier" in summary:
+        c = summary["classifier"]
+        style = c["test_metrics"].get("style", {})
+        lines.append(f"  classifier  {c['epochs']} epochs on the generated style collection; test style accuracy "
+                     f"{_pct(style.get('accuracy'))}, macro-F1 {_pct(style.get('macro_f1'))}")
+        lines.append(f"              report: {c['report']}")
+    if "similarity" in summary:
+        s = summary["similarity"]
+        nd = s["near_duplicate"]
+        lines.append(f"  similarity  {s['faces_embedded']} faces embedded and indexed; reproduction recall@1 "
+                     f"{_pct(nd.get('recall@1'))} (chance {_pct(nd.get('chance_recall@1'))})")
+        lines.append(f"              query grid: {s['query_grid']}")
     print("\n".join(lines))

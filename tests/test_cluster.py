@@ -286,9 +286,31 @@ def test_submitted_ingest_and_preprocess_run_on_the_head(ray_head, sample_images
     assert counts["processed"] > 0 and counts["quarantined"] > 0  # the sample has both kinds
     for sub in ("images", "quarantine"):
         assert sorted((pre / sub).glob("part-*.parquet")), sub
-    # The job attached to our head (RAY_ADDRESS set by the job API), not to a Ray of its own.
     # The driver attached to our head (RAY_ADDRESS set by the job API), not to a Ray of its own.
     assert ray_head.get_job_info(job).driver_info is not None
+
+
+@pytest.mark.slow
+def test_submitted_classifier_training_with_two_workers(ray_head, tmp_path):
+    """jobs/train_classifier.py as a Ray job: Ray Train with 2 DDP workers on the head, then evaluate."""
+    from artextract.synthetic_styles import write_labelled_collection
+
+    manifest = write_labelled_collection(str(tmp_path / "styles"), per_style=8, size=40)
+    run = tmp_path / "run"
+    job = _submit(ray_head, f"jobs/train_classifier.py --input {manifest} --out {run} --workers 2 "
+                            "data.image_size=32 model.reduce_channels=16 model.hidden=8 train.batch_size=8 "
+                            "train.epochs=2 train.cpus_per_worker=0.5 data.decode_cpus=0.25")
+    status, wall = _wait(ray_head, job, timeout=360)
+    logs = ray_head.get_job_logs(job)
+    print(f"[ray head] train_classifier job {status} in {wall:.1f} s")
+    assert status == "SUCCEEDED", logs[-4000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["counts"]["epochs_completed"] == 2 and (run / "checkpoints" / "best.pt").exists()
+    assert "world_rank=1" in logs  # the second DDP worker really ran
+    from artextract.cli import main
+
+    assert main(["evaluate", "classifier", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "report.html").exists()
 
 
 @pytest.mark.slow

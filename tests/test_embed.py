@@ -94,7 +94,7 @@ TINY = ["image_size=64", "dim=32", "batch_size=16", "shard_rows=8"]
 def demo(ray_session, tmp_path_factory):
     """The demo collection ingested and preprocessed once (22 images, 15 ok, 14 faces)."""
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "classifier=false", "similarity=false"]) == 0
     return out / "preprocess"
 
 
@@ -152,3 +152,39 @@ def test_pipeline_rerun_identical_and_search(demo, tmp_path, capsys):
         assert (top["image_id"], top["face_idx"], top["rank"]) == ("astronaut", face_idx, 1)
         assert top["score"] == pytest.approx(1.0, abs=1e-4)
     assert (res / "grid.png").stat().st_size > 0
+
+    # Similar poses: the same query re-ranked and filtered by head-pose distance to the query face.
+    pose_res = tmp_path / "pose"
+    assert main(["search", "--index", str(idx), "--id", "astronaut", "--face-idx", "0", "--faces", str(demo),
+                 "-k", "5", "--pose", "filter", "pose_max_deg=15", "--out", str(pose_res)]) == 0
+    doc = json.loads((pose_res / "results.json").read_text())["results"][0]
+    assert doc["query"]["pose"] is not None and doc["hits"][0]["image_id"] == "astronaut"
+    dists = [h["pose_distance_deg"] for h in doc["hits"]]
+    assert all(d is None or d <= 15 for d in dists) and [h["rank"] for h in doc["hits"]] == list(
+        range(1, len(doc["hits"]) + 1))
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--id", "astronaut", "--pose", "rerank", "--out",
+                 str(tmp_path / "p2")]) == 2
+    assert "needs faces=" in capsys.readouterr().err
+
+
+def test_pose_rerank_and_filter_orders_by_pose():
+    from artextract.index.pose_rank import apply_pose, pose_distance
+
+    assert pose_distance((10, 0, 0), (13, 4, 0)) == pytest.approx(5.0)
+    assert pose_distance((10, 0, 0), (float("nan"), 0, 0)) is None
+    poses = {("a", 0): (0.0, 0.0, 0.0), ("b", 0): (40.0, 0.0, 0.0), ("c", 0): (5.0, 0.0, 0.0),
+             ("d", -1): (float("nan"),) * 3}
+
+    def hits():
+        return [{"rank": i + 1, "image_id": k, "face_idx": f, "score": s}
+                for i, (k, f, s) in enumerate([("b", 0, 0.95), ("d", -1, 0.9), ("c", 0, 0.85), ("a", 0, 0.8)])]
+
+    kept = apply_pose(hits(), (0.0, 0.0, 0.0), poses, "filter", k=3, max_deg=10)
+    assert [h["image_id"] for h in kept] == ["d", "c", "a"]  # b is 40 degrees away; unknown d is kept
+    ranked = apply_pose(hits(), (0.0, 0.0, 0.0), poses, "rerank", k=4, weight=1.0)
+    # a: .8; c: .85-5/90=.794; b: .95-40/90=.506; d (unknown -> worst 40): .9-.444=.456
+    assert [h["image_id"] for h in ranked] == ["a", "c", "b", "d"]
+    assert [h["rank"] for h in ranked] == [1, 2, 3, 4]
+    # No query pose: the similarity order stands.
+    assert [h["image_id"] for h in apply_pose(hits(), None, poses, "rerank", k=4)] == ["b", "d", "c", "a"]

@@ -108,24 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     base = baseline(run, manifest)
     base_s = time.time() - t1
     info = machine()
-    body = f"""## {SECTION}
-
-`make bench-classifier` (`python -m artextract.bench.classifier {' '.join(shlex.quote(a) for a in argv)}`),
-{started}, commit {git_commit()}; {info['cores']} cores ({info['cpu']}), no GPU.
-Data: ../shared/data/wikiart, {summary['counts']['rows']} real paintings, 11 styles; stratified split by
-style: {summary['counts']['train_rows']} train / {summary['counts']['val_rows']} val /
-{summary['counts']['test_rows']} test (the test rows are never seen in training or model selection).
-Model: configs/wikiart_classifier.yaml — {cfg.model.backbone} from scratch (no pretrained weights),
-{cfg.model.sequence} sequences -> bi-{cfg.model.rnn.upper()}, {cfg.data.image_size} px, batch
-{cfg.train.batch_size}, {summary['counts']['epochs_completed']} epochs / {summary['counts']['steps']} steps in
-{train_s / 60:.1f} min (budget {args.budget_s / 60:.0f} min); best checkpoint by validation macro-F1 (epoch
-{summary['best_epoch']}). Baseline fitted on train+val in {base_s:.0f} s.
-
-{_table(metrics, base)}
-
-Style balanced accuracy target from scratch: >= 0.60. Published WikiArt results (ImageNet-pretrained,
-full data, 27 styles): style 50-68%, genre 71-74%. Report: `{report}/report.html`.
-"""
+    c = summary["counts"]
+    partial = "" if summary["final"].get("epoch_complete", True) else " (stopped by the budget inside it)"
+    body = (
+        f"## {SECTION}\n\n"
+        f"Command: `make bench-classifier` (`python -m artextract.bench.classifier "
+        f"{' '.join(shlex.quote(a) for a in argv)}`)  \n"
+        f"Date: {started}; commit {git_commit()}; {info['cores']} cores ({info['cpu']}), no GPU  \n"
+        f"Data: ../shared/data/wikiart, {c['rows']} real paintings, 11 styles; split stratified by style: "
+        f"{c['train_rows']} train / {c['val_rows']} val / {c['test_rows']} test (test rows are never used for "
+        f"training or model selection)  \n"
+        f"Model: configs/wikiart_classifier.yaml: {cfg.model.backbone} from scratch (no pretrained weights), "
+        f"{cfg.model.sequence} sequences -> bi-{cfg.model.rnn.upper()}, {cfg.data.image_size} px, batch "
+        f"{cfg.train.batch_size}; {c['steps']} steps ({c['epochs_completed']} full epochs) in {train_s / 60:.1f} min "
+        f"(budget {args.budget_s / 60:.0f} min); best checkpoint by validation macro-F1: epoch "
+        f"{summary['best_epoch']}{partial if summary['best_epoch'] > c['epochs_completed'] else ''}  \n"
+        f"Baseline: fitted on train+val in {base_s:.0f} s\n\n"
+        f"{_table(metrics, base)}\n\n"
+        "Style balanced-accuracy target from scratch: >= 0.60. Published WikiArt results (ImageNet-pretrained, "
+        f"full data, 27 styles): style 50-68%, genre 71-74%. Report: `{ev['report']}`.\n")
     write_doc(Path(args.out), [(SECTION, body)])
     print(json.dumps({"crnn": {t: metrics[t] for t in TASKS}, "baseline": base}, indent=1, default=str)[:3000])
     return 0

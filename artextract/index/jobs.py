@@ -305,6 +305,21 @@ def render_grid(results: list[dict[str, Any]], queries: list[dict[str, Any]], cr
     return buf.getvalue()
 
 
+def _pose_rank(results: list[dict[str, Any]], queries: list[dict[str, Any]], cfg: SearchConfig) -> None:
+    """Filter/re-rank every query's hits by head-pose distance (in place), keeping k."""
+    from artextract.index.pose_rank import apply_pose
+
+    ids = sorted({h["image_id"] for r in results for h in r["hits"]} |
+                 {q["image_id"] for q in queries if "image_id" in q})
+    faces = read_rows(storage.join(cfg.faces, "faces"), ids, ["face_idx", "yaw", "pitch", "roll"], cfg.storage)
+    poses = {(i, int(f)): (y, p, r) for i, f, y, p, r in zip(*(faces[c].to_pylist() for c in (
+        "image_id", "face_idx", "yaw", "pitch", "roll")))}
+    for res, q in zip(results, queries):
+        qpose = poses.get((q["image_id"], q["face_idx"])) if "image_id" in q else None
+        q["pose"] = list(qpose) if qpose else None
+        res["hits"] = apply_pose(res["hits"], qpose, poses, cfg.pose, cfg.k, cfg.pose_max_deg, cfg.pose_weight)
+
+
 def run_search(cfg: SearchConfig) -> dict[str, Any]:
     """k-NN search; writes results.json (+ grid.png) under ``out``; returns the summary."""
     if not cfg.index or not cfg.out:
@@ -317,13 +332,18 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
     reader = _reader(cfg)
     job.lap("load")
     q, queries = query_vectors(reader, cfg)
-    scores, keys = reader.search(q, cfg.k, cfg.nprobe)
+    if cfg.pose != "off" and not cfg.faces:
+        raise ConfigError("pose= needs faces= (the preprocess output holding each face's yaw/pitch/roll)")
+    fetch = cfg.k * (cfg.pose_oversample if cfg.pose != "off" else 1)
+    scores, keys = reader.search(q, fetch, cfg.nprobe)
     job.lap("search")
     results = []
     for qi, (srow, krow) in enumerate(zip(scores, keys)):
         hits = [{"rank": r + 1, "image_id": key[0], "face_idx": int(key[1]), "score": round(float(s), 6)}
                 for r, (s, key) in enumerate(zip(srow, krow))]
         results.append({"query": queries[qi], "hits": hits})
+    if cfg.pose != "off":
+        _pose_rank(results, queries, cfg)
     crops, wholes = _join(results, queries, cfg)
     job.lap("join")
     grid_uri, note = None, None

@@ -7,6 +7,7 @@ vocabularies, then launches N workers; images stream to them through Ray Data (o
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,7 @@ class ClassifierTask:
                 truth[t].append(batch[f"y_{t}"])
         model.train(was)
         metrics, f1s = {}, []
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         for t in self.tasks:
             y, p = np.concatenate(truth[t]), np.concatenate(preds[t])
             known = y >= 0

@@ -1,0 +1,128 @@
+"""Config machinery: the strict base model, storage/Ray sections, YAML + ``key=value`` loading,
+and saving the resolved config beside outputs."""
+from __future__ import annotations
+
+import copy
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(Strict):
+    """Object-storage settings. Credentials are NOT configured here: they come from the AWS chain."""
+
+    s3_endpoint: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (MinIO/Ceph)")
+    s3_region: str | None = None
+    s3_anonymous: bool = False
+    s3_max_attempts: int = Field(6, ge=1, description="botocore-style standard retries for S3 requests")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    http_retries: int = Field(4, ge=0, description="retries with backoff for http(s) reads/downloads")
+    http_backoff_s: float = Field(0.5, ge=0)
+    http_timeout_s: float = Field(30.0, gt=0)
+
+
+class RayConfig(Strict):
+    """How the job attaches to Ray: address=None starts (or reuses) a local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its schema; the message names the key."""
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (['a','b','c'], YAML-typed value)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} is not of the form key=value (dotted keys allowed)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
+    return key.split("."), value
+
+
+def _set_path(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        else:
+            lines.append(f"key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(schema: type[C], path: str | None = None, overrides: list[str] | None = None,
+                base: dict | None = None, flags: dict[str, Any] | None = None) -> C:
+    """Build a ``schema`` config: defaults <- ``base`` <- YAML at ``path`` <- ``flags`` (dotted
+    keys, values taken as given) <- ``overrides`` (``key=value`` strings, YAML-typed values)."""
+    data: dict = copy.deepcopy(base) if base else {}
+    if path:
+        from artextract import storage
+
+        try:
+            loaded = yaml.safe_load(storage.read_bytes(path)) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+        data = _deep_merge(data, loaded)
+    for key, value in (flags or {}).items():
+        _set_path(data, key.split("."), value)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        _set_path(data, keys, value)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid {schema.__name__}{where}: {_format_errors(exc)}") from None
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    """The resolved config as YAML (credentials are never part of a config)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_resolved(cfg: BaseModel, out_uri: str, name: str = "config.resolved.yaml") -> str:
+    """Write the resolved config beside a job's outputs; returns its URI."""
+    from artextract import storage
+
+    uri = storage.join(out_uri, name)
+    storage.write_text(uri, to_yaml(cfg), getattr(cfg, "storage", None))
+    return uri

@@ -1,0 +1,198 @@
+"""Schemas of the training and evaluation jobs: classifier, similarity, their evaluations."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from artextract.config.core import RayConfig, StorageConfig, Strict
+
+
+class ClassifierModelConfig(Strict):
+    """CNN backbone -> last feature map read as a sequence -> (bi)GRU/LSTM -> pooled -> one head per task."""
+
+    backbone: str = Field("resnet18", description="registry name: resnet18 | resnet34 | resnet50 | efficientnet_b0")
+    weights: str = Field("none", description="none (offline default) | imagenet | URI of a torchvision state dict")
+    sequence: Literal["rows", "cols", "both"] = Field(
+        "both", description="read the feature map top-to-bottom (rows), left-to-right (cols) or both")
+    rnn: Literal["gru", "lstm"] = "gru"
+    reduce_channels: int | None = Field(256, ge=8, description="1x1 conv before the RNN; None keeps C")
+    hidden: int = Field(256, ge=8, description="RNN hidden size per direction")
+    layers: int = Field(1, ge=1, le=4)
+    bidirectional: bool = True
+    pool: Literal["mean", "max", "last"] = Field("mean", description="how RNN outputs become one vector")
+    dropout: float = Field(0.2, ge=0, lt=1, description="before each head")
+
+
+class ClassifierDataConfig(Strict):
+    """Where the labelled images come from and how they are split."""
+
+    input: str = Field("", description="preprocess output URI (images/ shards with whole_jpeg and label "
+                       "columns) or a manifest URI (images read from its uri column)")
+    tasks: tuple[str, ...] = Field(("style", "genre", "artist"), description="label columns, one head each; "
+                                   "columns absent from the data are an error")
+    min_class_count: int = Field(2, ge=1, description="classes with fewer training rows become 'unknown'")
+    split_column: str | None = Field(None, description="use this column's train/val/test values as the split")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="held-out test share (stratified)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="validation share of what is left")
+    stratify: str | None = Field("style", description="task to stratify the split by")
+    image_size: int = Field(224, ge=32, description="square side fed to the CNN")
+    augment: bool = Field(True, description="random resized crop, flip, colour jitter at train time")
+    loader: Literal["ray_data", "local"] = Field(
+        "ray_data", description="ray_data streams decoded batches to workers; local reads the table in each "
+        "worker and slices every global batch deterministically (exact 1-vs-N worker equivalence)")
+    decode_cpus: float = Field(0.5, gt=0, description="Ray CPUs per decode/augment task (ray_data loader)")
+    limit: int | None = Field(None, ge=1, description="use only the first N rows (by image_id)")
+    seed: int = 0
+
+
+class OptimConfig(Strict):
+    """AdamW with a warmed-up cosine / one-cycle / constant schedule."""
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; None = off")
+
+
+class ClassifierLossConfig(Strict):
+    """Per-head cross-entropy with unknown labels masked."""
+
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    class_weights: Literal["none", "balanced"] = "none"
+    task_weights: dict[str, float] = Field(default_factory=dict, description="per task; missing = 1.0")
+
+
+class TrainRunConfig(Strict):
+    """Epochs, batch, workers and checkpointing shared by the training jobs."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1, description="GLOBAL batch; each of N workers gets batch_size/N")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    time_budget_s: float | None = Field(None, gt=0, description="stop (validate + checkpoint) after this long")
+    eval_every: int = Field(1, ge=1, description="validate every N epochs")
+    workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool | None = Field(None, description="None = when the cluster has GPUs")
+    amp: bool = Field(True, description="bf16/fp16 autocast on GPU (ignored on CPU)")
+    sync_bn: bool = Field(True, description="SyncBatchNorm across workers (GPU/NCCL); on CPU BN stays local")
+    freeze_bn: bool = Field(False, description="BatchNorm in eval mode (running stats frozen)")
+    seed: int = 0
+    resume: bool = Field(True, description="continue from <out>/checkpoints/last.pt when it exists")
+    max_failures: int = Field(2, ge=0, description="Ray Train restarts after a worker crash")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (None = torch default)")
+    fault_after_epoch: int | None = Field(None, ge=1, description="chaos testing: crash once after checkpointing "
+                                          "this epoch (Ray Train restarts the workers, which resume)")
+
+
+class ClassifierTrainConfig(Strict):
+    """``artextract train classifier``: CNN-RNN multi-task style/genre/artist classifier with Ray Train."""
+
+    out: str = Field("", description="run directory: checkpoints/, history.jsonl, splits.parquet, summary.json")
+    model: ClassifierModelConfig = ClassifierModelConfig()
+    data: ClassifierDataConfig = ClassifierDataConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: ClassifierLossConfig = ClassifierLossConfig()
+    train: TrainRunConfig = TrainRunConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+class EvaluateClassifierConfig(Strict):
+    """``artextract evaluate classifier``: metrics, confusion matrices, t-SNE, outliers, HTML report."""
+
+    run: str = Field("", description="training run directory (checkpoints/{best,last}.pt, splits.parquet)")
+    checkpoint: Literal["best", "last"] = "best"
+    input: str | None = Field(None, description="preprocess output or manifest URI; None = the run's input")
+    split: Literal["test", "val", "train", "all"] = Field(
+        "test", description="rows of the run's split to evaluate; 'all' for a new collection")
+    out: str = ""
+    batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tsne_max_points: int = Field(2000, ge=10)
+    outlier_method: Literal["robust_distance", "isolation_forest"] = "robust_distance"
+    outlier_top: int = Field(24, ge=1, description="rows in each outlier table / grid")
+    mispredict_min_prob: float = Field(0.8, ge=0, le=1, description="confident mis-prediction threshold")
+    seed: int = 0
+    storage: StorageConfig = StorageConfig()
+
+
+class NearDuplicateConfig(Strict):
+    """Near-duplicate protocol: embed augmented copies of images and find their originals."""
+
+    enabled: bool = False
+    model: str = Field("", description="model spec/checkpoint that produced the embeddings")
+    images: int = Field(200, ge=2, description="originals sampled from the preprocess output")
+    copies: int = Field(2, ge=1, description="augmented copies per original")
+    image_size: int = Field(160, ge=16)
+    what: Literal["faces", "images"] = "faces"
+
+
+class EvaluateSimilarityConfig(Strict):
+    """``artextract evaluate similarity``: retrieval metrics, cosine distributions, SSIM/RMSE, query grid."""
+
+    embeddings: str = Field("", description="embedding shards (image_id, face_idx, vector, ...)")
+    out: str = ""
+    labels: str | None = Field(None, description="manifest/preprocess URI holding image_id + label_column")
+    label_column: str | None = Field(None, description="e.g. artist or sitter: same label = relevant")
+    what: Literal["faces", "images", "all"] = "all"
+    ks: tuple[int, ...] = (1, 5, 10)
+    preprocess: str | None = Field(None, description="preprocess output: crops for SSIM/RMSE and the grid")
+    queries: int = Field(16, ge=1, description="sample queries for SSIM/RMSE and the grid")
+    grid_k: int = Field(5, ge=1)
+    near_duplicate: NearDuplicateConfig = NearDuplicateConfig()
+    seed: int = 0
+    storage: StorageConfig = StorageConfig()
+
+
+class SimilarityModelConfig(Strict):
+    """EmbeddingNet: backbone -> pool -> projection head -> unit sphere."""
+
+    backbone: str = Field("resnet50", description="resnet50 | resnet34 | resnet18 | efficientnet_b0")
+    weights: str = Field("none", description="none | imagenet | URI of a torchvision state dict")
+    dim: int = Field(256, ge=2)
+    pool: Literal["avg", "max", "gem"] = "avg"
+    hidden: int | None = Field(None, ge=2, description="projection hidden width (None = backbone channels)")
+
+
+class SimilarityDataConfig(Strict):
+    """Which crops, and what makes two of them a positive pair."""
+
+    input: str = Field("", description="preprocess output URI (faces/ crop_jpeg, images/ whole_jpeg)")
+    what: Literal["faces", "images"] = "faces"
+    positives: Literal["instance", "label"] = Field(
+        "instance", description="instance: augmented views of the same crop (reproductions); label: rows "
+        "sharing label_column (sitter, artist)")
+    label_column: str | None = Field(None, description="with positives=label: column of the images table")
+    labels: str | None = Field(None, description="URI holding image_id + label_column (default: input's images/)")
+    min_per_label: int = Field(2, ge=1, description="labels with fewer rows are dropped (counted)")
+    image_size: int = Field(128, ge=32)
+    p: int = Field(8, ge=2, description="labels (or instances) per batch")
+    m: int = Field(4, ge=2, description="views per label per batch; global batch = p*m")
+    batches_per_epoch: int | None = Field(None, ge=1, description="None = rows // (p*m)")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="images held out for validation (by image)")
+    limit: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class SimilarityLossConfig(Strict):
+    """Metric loss from the registry, optionally with an online miner."""
+
+    name: Literal["triplet", "contrastive"] = "triplet"
+    miner: Literal["batch_hard", "semi_hard", "all"] = "batch_hard"
+    margin: float = Field(0.2, gt=0)
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+
+
+class SimilarityTrainConfig(Strict):
+    """``artextract train similarity``: Siamese/triplet metric learning on faces or paintings."""
+
+    out: str = Field("", description="run directory: checkpoints/, model.pt (embed format), history, summary")
+    model: SimilarityModelConfig = SimilarityModelConfig()
+    data: SimilarityDataConfig = SimilarityDataConfig()
+    loss: SimilarityLossConfig = SimilarityLossConfig()
+    optim: OptimConfig = OptimConfig(lr=3e-4, weight_decay=1e-4)
+    train: TrainRunConfig = TrainRunConfig(epochs=10)
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
