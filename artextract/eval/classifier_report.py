@@ -107,7 +107,7 @@ def _write_task(out: str, name: str, task: TaskPredictions, preds: ClassifierPre
                                        "" if o["distance"] is None else o["distance"]] for o in outl]))
     put(f"outliers_{name}.png", image_grid_png(
         [preds.thumbnails[o["row"]] for o in outl],
-        [_caption(preds, o["row"], f"{o['label']} {o['score']:.2f}") for o in outl]))
+        [_caption(preds, o["row"], f"{o['score']:.2f} {o['label']}") for o in outl]))
 
     mis = confident_mispredictions(y_true, probs, task.classes, mispredict_min_prob, outlier_top)
     put(f"mispredictions_{name}.csv", _csv(["image_id", "label", "predicted", "prob"],
@@ -115,7 +115,7 @@ def _write_task(out: str, name: str, task: TaskPredictions, preds: ClassifierPre
                                             for m in mis]))
     put(f"mispredictions_{name}.png", image_grid_png(
         [preds.thumbnails[m["row"]] for m in mis],
-        [_caption(preds, m["row"], f"{m['label']} → {m['predicted']} {m['prob']:.2f}") for m in mis]))
+        [_caption(preds, m["row"], f"{m['prob']:.2f} {m['label']} → {m['predicted']}") for m in mis]))
     metrics["n_outliers"] = len(outl)
     metrics["n_mispredictions"] = len(mis)
 

@@ -46,7 +46,8 @@ def _png(fig) -> bytes:
 def _text(s: str, width: int = 28) -> str:
     # '$' would start matplotlib mathtext; long artist names would swallow the axes.
     s = str(s).replace("$", r"\$")
-    return s if len(s) <= width else s[: width - 1] + "…"
+    # Cut the middle, not the end: long names often differ only at the end ("... artist 12").
+    return s if len(s) <= width else s[: width // 2] + "…" + s[-(width - width // 2 - 1):]
 
 
 def confusion_png(cm: np.ndarray, classes: list[str], path_or_buffer: PathOrBuffer = None,
@@ -170,16 +171,15 @@ def tsne_png(embeddings: np.ndarray, labels: np.ndarray, classes: list[str],
 
 
 def _decode(data: bytes | None, thumb: int):
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if not data:
         return None
     try:
         img = Image.open(io.BytesIO(data))
         img.draft("RGB", (thumb, thumb))  # JPEG: decode at reduced scale, much faster
-        img = img.convert("RGB")
-        img.thumbnail((thumb, thumb))
-        return img
+        # contain() also enlarges small thumbnails so every cell is filled the same way.
+        return ImageOps.contain(img.convert("RGB"), (thumb, thumb))
     except Exception:  # any undecodable/truncated payload becomes a placeholder, not a crash
         return None
 
@@ -191,7 +191,10 @@ def image_grid_png(images: list[bytes | None], captions: list[str], path_or_buff
 
     if len(captions) != len(images):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    font = ImageFont.load_default()
+    try:  # the bundled FreeType font covers accents (Naïve); the bitmap fallback is latin-1 only
+        font = ImageFont.load_default(size=11)
+    except (ImportError, OSError):
+        font = ImageFont.load_default()
     line_h = 12
     n_lines = max([len(str(c).split("\n")) for c in captions] + [1])
     strip = n_lines * line_h + 6
