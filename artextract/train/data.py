@@ -31,7 +31,8 @@ UNKNOWN = -1
 SPLITS = ("train", "val", "test")
 
 
-def _part_files(base: str, cfg: StorageConfig) -> list[str]:
+def part_files(base: str, cfg: StorageConfig) -> list[str]:
+    """Sorted URIs of the ``part-*.parquet`` shards directly under ``base``."""
     loc = storage.filesystem_for(base, cfg)
     return sorted(storage.uri_of(loc, f.path) for f in storage.list_files(base, cfg, suffix=".parquet",
                                                                           recursive=False)
@@ -42,8 +43,8 @@ def load_rows(uri: str, tasks: tuple[str, ...], cfg: StorageConfig, extra: tuple
               require_labels: bool = True) -> pa.Table:
     """Key table (image_id, src, src_row, <tasks>, <extra>) of a preprocess output or a manifest;
     without ``require_labels`` an absent label column becomes all-unknown (a new collection)."""
-    pre = _part_files(storage.join(uri, "images"), cfg)
-    files = pre or _part_files(uri, cfg)
+    pre = part_files(storage.join(uri, "images"), cfg)
+    files = pre or part_files(uri, cfg)
     if not files:
         raise FileNotFoundError(f"{uri}: neither a preprocess output (images/part-*.parquet) nor a manifest "
                                 "(part-*.parquet)")
@@ -95,7 +96,8 @@ def encode_labels(table: pa.Table, vocab: dict[str, list[str]]) -> dict[str, np.
     return out
 
 
-def _stable_fraction(ids: list[str], seed: int) -> np.ndarray:
+def stable_fraction(ids: list[str], seed: int) -> np.ndarray:
+    """(N,) uniform [0, 1) value per id from a hash of (seed, id)."""
     # Hash-based uniform [0,1) per id: a row keeps its split when other rows come or go.
     return np.array([int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) / 16**12 for i in ids])
 
@@ -108,7 +110,7 @@ def assign_splits(table: pa.Table, cfg: ClassifierDataConfig) -> np.ndarray:
         if bad:
             raise ValueError(f"split column {cfg.split_column!r} has values {sorted(bad)[:5]} (want {SPLITS})")
         return values
-    u = _stable_fraction(table["image_id"].to_pylist(), cfg.seed)
+    u = stable_fraction(table["image_id"].to_pylist(), cfg.seed)
     strata = (np.array([str(v) for v in table[cfg.stratify].to_pylist()], dtype=object)
               if cfg.stratify else np.zeros(len(table), dtype=object))
     split = np.full(len(table), "train", dtype=object)
@@ -207,6 +209,13 @@ class LocalSource:
     def steps_per_epoch(self) -> int:
         """Full global batches per epoch (the remainder is dropped so every rank steps alike)."""
         return len(self.table) // self.global_batch
+
+    def in_order(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Every row once, in table order, the last partial batch included (for evaluation)."""
+        for lo in range(0, len(self.table), batch_size):
+            idx = np.arange(lo, min(len(self.table), lo + batch_size))
+            yield self.make({"jpeg": [self.blobs[i] for i in idx],
+                             **{f"y_{t}": y[idx] for t, y in self.labels.items()}})
 
     def batches(self, epoch: int, rank: int, world: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """This rank's slices of each global batch of ``epoch``, from batch ``start`` on."""

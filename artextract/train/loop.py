@@ -215,7 +215,7 @@ def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig,
                 {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
         _barrier(ctx.world)
         ctx.report(metrics)
-        _maybe_inject_fault(run, epoch + 1, out, storage_cfg, ctx.rank)
+        _maybe_inject_fault(run, epoch + 1, out, storage_cfg, ctx.rank, ctx.world)
     return {"progress": vars(prog), "final": metrics, "history": history}
 
 
@@ -237,15 +237,15 @@ def _save(task: Task, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, 
 
 
 def _maybe_inject_fault(run: TrainRunConfig, epoch: int, out: str, storage_cfg: StorageConfig | None,
-                        rank: int) -> None:
+                        rank: int, world: int) -> None:
     # Chaos hook: crash once after checkpointing epoch k; the marker stops the retried attempt crashing too.
     if run.fault_after_epoch != epoch:
         return
     marker = storage.join(out, "checkpoints", f"fault-injected-epoch{epoch}")
     if storage.exists(marker, storage_cfg):
         return
-    _barrier(run.workers)
+    _barrier(world)
     if rank == 0:
         storage.write_text(marker, "injected\n", storage_cfg)
-    _barrier(run.workers)
+    _barrier(world)
     raise RuntimeError(f"injected fault after epoch {epoch} (train.fault_after_epoch)")

@@ -80,8 +80,7 @@ def launch(spec: Launch, name: str, datasets: dict[str, Any] | None = None) -> N
     use_gpu = spec.run.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    per = spec.run.batch_size // spec.run.workers
-    if per * spec.run.workers != spec.run.batch_size:
+    if spec.run.batch_size % spec.run.workers:
         raise ValueError(f"train.batch_size {spec.run.batch_size} must be divisible by train.workers "
                          f"{spec.run.workers}")
     resources = {"CPU": spec.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}

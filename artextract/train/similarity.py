@@ -38,7 +38,7 @@ def load_crops(cfg: SimilarityTrainConfig) -> tuple[pa.Table, dict[str, int]]:
     """Rows (image_id, face_idx, jpeg, label) of the preprocess output; counts of what was dropped."""
     d = cfg.data
     base = storage.join(d.input, d.what)
-    files = tdata._part_files(base, cfg.storage)
+    files = tdata.part_files(base, cfg.storage)
     if not files:
         raise FileNotFoundError(f"no {d.what}/part-*.parquet under {d.input} (is it a preprocess output?)")
     cols = ["image_id", JPEG[d.what]] + (["face_idx"] if d.what == "faces" else ["status"])
@@ -60,12 +60,11 @@ def load_crops(cfg: SimilarityTrainConfig) -> tuple[pa.Table, dict[str, int]]:
     lab = tdata.load_rows(src, (d.label_column,), cfg.storage)
     by_id = dict(zip(lab["image_id"].to_pylist(), lab[d.label_column].to_pylist()))
     labels = [by_id.get(i) for i in t["image_id"].to_pylist()]
-    keep = np.array([v not in (None, "") for v in labels])
-    vals, n = np.unique(np.array([v for v in labels if v not in (None, "")], dtype=object), return_counts=True)
+    has = np.array([v not in (None, "") for v in labels])
+    vals, n = np.unique(np.array([v for v, h in zip(labels, has) if h], dtype=object), return_counts=True)
     ok = {v for v, c in zip(vals, n) if c >= d.min_per_label}
-    keep &= np.array([v in ok for v in labels])
-    counts.update(unlabelled=int(sum(v in (None, "") for v in labels)),
-                  rare_label_rows=int(len(t) - keep.sum()) - int(sum(v in (None, "") for v in labels)))
+    keep = has & np.array([v in ok for v in labels])
+    counts.update(unlabelled=int((~has).sum()), rare_label_rows=int((has & ~keep).sum()))
     t = t.append_column("label", pa.array([str(v) for v in labels], pa.string())).filter(pa.array(keep))
     return t, counts
 
@@ -73,7 +72,7 @@ def load_crops(cfg: SimilarityTrainConfig) -> tuple[pa.Table, dict[str, int]]:
 def split_by_image(t: pa.Table, fraction: float, seed: int) -> np.ndarray:
     """(N,) bool: rows of held-out images (hash-ranked, so all faces of one painting stay together)."""
     ids = t["image_id"].to_pylist()
-    u = tdata._stable_fraction(ids, seed)
+    u = tdata.stable_fraction(ids, seed)
     return u < fraction
 
 
@@ -98,7 +97,6 @@ class SimilarityTask:
         self.loss_fn = GatherLoss(build_loss(cfg.loss.name, **loss_kwargs))
         self.train_tf = reproduction_transform(size=cfg.data.image_size)
         self.eval_tf = tdata.image_transform(cfg.data.image_size, augment=False)
-        self.views = reproduction_transform(size=cfg.data.image_size)
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
@@ -146,7 +144,7 @@ class SimilarityTask:
         blobs = val["jpeg"].to_pylist()
         orig = self._embed(model, blobs, self.eval_tf, device)
         torch.manual_seed(self.cfg.data.seed)  # the same copies at every validation
-        copies = self._embed(model, blobs, self.views, device)
+        copies = self._embed(model, blobs, self.train_tf, device)
         model.train(was)
         # Near-duplicate recall@1: does each reproduction find its own original among all originals?
         top1 = (copies @ orig.T).argmax(axis=1)
