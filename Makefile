@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 FACENET := facenet-pytorch==2.6.0
 
-.PHONY: install demo test test-fast bench bench-classifier bench-similarity clean
+.PHONY: install demo test test-fast bench bench-classifier bench-similarity bench-serve bench-index bench-reliability clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,18 @@ bench-classifier: install
 # NGA faces near-duplicate recall + WikiArt portraits artist MAP@R vs untrained features; embed img/s.
 bench-similarity: install
 	$(BIN)/python -m artextract.bench.similarity --out docs/benchmarks.md --budget-s 480
+
+# Web search latency through the API (artextract serve) on a 100k x 256 synthetic index.
+bench-serve: install
+	$(BIN)/python -m artextract.bench.serve --out docs/benchmarks.md
+
+# Sharded FAISS index on 1M x 256 synthetic clustered vectors: exact vs IVF, 1 vs 4 shards, update vs rebuild.
+bench-index: install
+	$(BIN)/python -m artextract.bench.index --out docs/benchmarks.md
+
+# Jobs through a fault-injecting S3 proxy (500/503/SlowDown/dropped connections): faults vs rows lost.
+bench-reliability: install
+	$(BIN)/python -m artextract.bench.reliability --out docs/benchmarks.md
 
 clean:
 	rm -rf runs .pytest_cache

@@ -21,10 +21,14 @@ def _data(name: str) -> np.ndarray:
     return getattr(data, name)()
 
 
-def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+def save(img: Image.Image, fmt: str, **kw) -> bytes:
+    """``img`` encoded as ``fmt`` (PIL format name) in memory."""
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
+
+
+_save = save
 
 
 def _painterly(arr: np.ndarray, seed: int = 0) -> Image.Image:
@@ -77,16 +81,29 @@ def _lfw_sheet() -> Image.Image:
     return sheet.convert("RGB")
 
 
-def _exif_rotated() -> bytes:
-    """The astronaut stored sideways with EXIF Orientation=6 (display rotates it upright)."""
-    img = Image.fromarray(_data("astronaut")).rotate(90, expand=True)
+# Public makers of odd-but-valid and broken encodings, shared with ``artextract.fuzz`` so the
+# demo collection and the fuzz corpus exercise the same byte layouts.
+
+# The stored -> upright transform PIL applies for each EXIF orientation (ImageOps.exif_transpose).
+_ORIENT_TO_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                      4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                      6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                      8: Image.Transpose.ROTATE_90}
+# Its inverse: how to store an upright image so that a viewer honouring ``orientation`` shows it upright.
+_UPRIGHT_TO_STORED = {**_ORIENT_TO_UPRIGHT, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+def exif_oriented_jpeg(upright: Image.Image, orientation: int, quality: int = 90) -> bytes:
+    """A JPEG whose pixels are stored transformed, with EXIF Orientation=``orientation`` (2..8)
+    telling viewers how to display ``upright`` again."""
+    stored = upright.transpose(_UPRIGHT_TO_STORED[orientation])
     exif = Image.Exif()
-    exif[0x0112] = 6
-    return _save(img, "JPEG", quality=90, exif=exif.tobytes())
+    exif[0x0112] = orientation
+    return _save(stored, "JPEG", quality=quality, exif=exif.tobytes())
 
 
-def _png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
-    """A tiny PNG whose header declares ``width`` x ``height`` pixels."""
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width`` x ``height`` pixels (a decompression bomb when large)."""
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
@@ -95,26 +112,55 @@ def _png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def _cmyk() -> bytes:
-    return _save(Image.fromarray(_data("coffee")).convert("CMYK"), "JPEG", quality=85)
+def cmyk_jpeg(img: Image.Image, quality: int = 85) -> bytes:
+    """``img`` converted to CMYK and saved as a (4-channel) JPEG, as print workflows do."""
+    return _save(img.convert("CMYK"), "JPEG", quality=quality)
 
 
-def _gray16() -> bytes:
-    arr = (_data("camera").astype(np.uint16) * 257)
-    return _save(Image.fromarray(arr), "PNG")
+def gray16_png(arr8: np.ndarray) -> bytes:
+    """An 8-bit grayscale array stretched to the full 16-bit range and saved as a 16-bit PNG."""
+    return _save(Image.fromarray(arr8.astype(np.uint16) * 257), "PNG")
 
 
-def _rgba() -> bytes:
-    img = Image.fromarray(_data("astronaut")).convert("RGBA")
+def oval_rgba_png(img: Image.Image, box: tuple[int, int, int, int]) -> bytes:
+    """``img`` with an alpha channel that is opaque only inside the ellipse ``box`` (a portrait mount)."""
+    img = img.convert("RGBA")
     alpha = Image.new("L", img.size, 0)
-    ImageDraw.Draw(alpha).ellipse((20, 0, 492, 512), fill=255)  # an oval portrait mount
+    ImageDraw.Draw(alpha).ellipse(box, fill=255)
     img.putalpha(alpha)
     return _save(img, "PNG")
 
 
+def animated_gif(frames: list[Image.Image], duration: int = 100) -> bytes:
+    """A looping animated GIF of ``frames`` (converted to palette mode)."""
+    frames = [f.convert("P") for f in frames]
+    return _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=duration, loop=0)
+
+
+def _exif_rotated() -> bytes:
+    """The astronaut stored sideways with EXIF Orientation=6 (display rotates it upright)."""
+    return exif_oriented_jpeg(Image.fromarray(_data("astronaut")), 6)
+
+
+def _png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A tiny PNG whose header declares ``width`` x ``height`` pixels."""
+    return png_header_only(width, height)
+
+
+def _cmyk() -> bytes:
+    return cmyk_jpeg(Image.fromarray(_data("coffee")))
+
+
+def _gray16() -> bytes:
+    return gray16_png(_data("camera"))
+
+
+def _rgba() -> bytes:
+    return oval_rgba_png(Image.fromarray(_data("astronaut")), (20, 0, 492, 512))  # an oval portrait mount
+
+
 def _animated() -> bytes:
-    frames = [_landscape(s, (200, 150)).convert("P") for s in range(3)]
-    return _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return animated_gif([_landscape(s, (200, 150)) for s in range(3)])
 
 
 def _truncated() -> bytes:

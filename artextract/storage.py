@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -23,6 +24,36 @@ import pyarrow.parquet as pq
 from artextract.config import StorageConfig
 
 HTTP_SCHEMES = ("http://", "https://")
+# The AWS SDK retries failed requests, but not a response whose body breaks off mid-stream or an
+# error body that does not fit a small ranged read ("Failed to flush response stream", measured
+# with the fault proxy of bench/reliability.py). Whole-object operations are idempotent, so we
+# retry those a few more times; missing keys and denied access are final at once.
+_S3_OUTER_ATTEMPTS = 3
+_S3_FINAL = ("NO_SUCH_KEY", "NoSuchKey", "NO_SUCH_BUCKET", "NoSuchBucket", "ACCESS_DENIED", "AccessDenied",
+             "Forbidden", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH")
+
+
+def _transient_s3(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    msg = str(exc)
+    return isinstance(exc, OSError) and "AWS Error" in msg and not any(f in msg for f in _S3_FINAL)
+
+
+def _s3_retry(fn):
+    """Retry an idempotent whole-object operation on an s3:// URI after a transient SDK failure."""
+    @functools.wraps(fn)
+    def wrapper(uri: str, *args: Any, **kwargs: Any):
+        if not uri.startswith("s3://"):
+            return fn(uri, *args, **kwargs)
+        for attempt in range(_S3_OUTER_ATTEMPTS):
+            try:
+                return fn(uri, *args, **kwargs)
+            except OSError as exc:
+                if attempt == _S3_OUTER_ATTEMPTS - 1 or not _transient_s3(exc):
+                    raise
+                time.sleep(0.2 * 4 ** attempt)
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -75,8 +106,31 @@ def _s3_filesystem(endpoint: str | None, region: str | None, max_attempts: int, 
     return pafs.S3FileSystem(**kwargs)
 
 
+class StorageAccessError(ValueError):
+    """A local path that resolves outside ``StorageConfig.local_root``. A ValueError, so the CLI
+    reports it in one line and the read stage can quarantine the row instead of failing the job."""
+
+
+def confine(path: str, root: str) -> str:
+    """The real path of ``path`` (relative paths are taken relative to ``root``), or
+    StorageAccessError when it is not inside ``root``.
+
+    Both sides go through ``realpath``, so '..' segments and symlinks (anywhere in the path) are
+    resolved before the comparison: a link inside the root that points out of it is refused. The
+    caller then opens the resolved path, not the original one, so the link is not followed again.
+    """
+    real_root = os.path.realpath(os.path.expanduser(root))
+    real = os.path.realpath(os.path.join(real_root, os.path.expanduser(path)))  # join keeps absolute paths
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise StorageAccessError(f"{path!r} resolves to {real!r}, outside storage.local_root {real_root!r}")
+    return real
+
+
 def filesystem_for(uri: str, cfg: StorageConfig | None = None) -> Location:
-    """Resolve ``uri`` to a pyarrow filesystem and path. HTTP URIs cannot be resolved (read-only)."""
+    """Resolve ``uri`` to a pyarrow filesystem and path. HTTP URIs cannot be resolved (read-only).
+
+    Every local path of every job passes through here, which makes it the one place that enforces
+    ``cfg.local_root`` (StorageAccessError for paths that escape it)."""
     cfg = cfg or StorageConfig()
     if uri.startswith(HTTP_SCHEMES):
         raise ValueError(f"{uri!r}: http(s) URIs are read-only; use read_bytes()")
@@ -85,15 +139,19 @@ def filesystem_for(uri: str, cfg: StorageConfig | None = None) -> Location:
                             cfg.connect_timeout_s, cfg.request_timeout_s)
         return Location(fs, uri[len("s3://"):].rstrip("/"), uri)
     path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if cfg.local_root:
+        return Location(pafs.LocalFileSystem(), confine(path, cfg.local_root), uri)
     return Location(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), uri)
 
 
+@_s3_retry
 def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
     """True when a file (not a directory) exists at ``uri``."""
     loc = filesystem_for(uri, cfg)
     return loc.fs.get_file_info(loc.path).type == pafs.FileType.File
 
 
+@_s3_retry
 def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
     """Read a whole object. Raises FileNotFoundError, or OSError for transport failures."""
     if uri.startswith(HTTP_SCHEMES):
@@ -105,6 +163,7 @@ def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
         return f.read()
 
 
+@_s3_retry
 def read_head(uri: str, nbytes: int, cfg: StorageConfig | None = None) -> bytes:
     """Read the first ``nbytes`` of an object (a ranged GET on S3), e.g. to probe image headers."""
     loc = filesystem_for(uri, cfg)
@@ -112,6 +171,7 @@ def read_head(uri: str, nbytes: int, cfg: StorageConfig | None = None) -> bytes:
         return f.read(nbytes)
 
 
+@_s3_retry
 def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
     """Atomically write ``data`` to ``uri`` (temp name + rename locally; one upload on S3)."""
     loc = filesystem_for(uri, cfg)
@@ -157,6 +217,7 @@ def write_parquet(uri: str, table: pa.Table, cfg: StorageConfig | None = None) -
     write_bytes(uri, sink.getvalue().to_pybytes(), cfg)
 
 
+@_s3_retry
 def read_parquet(uri: str, cfg: StorageConfig | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read one parquet file or a directory of ``part-*.parquet`` shards as one table."""
     loc = filesystem_for(uri, cfg)
@@ -174,6 +235,7 @@ def read_parquet(uri: str, cfg: StorageConfig | None = None, columns: list[str] 
     return pa.concat_tables(tables, promote_options="default")
 
 
+@_s3_retry
 def list_files(uri: str, cfg: StorageConfig | None = None, suffix: str | tuple[str, ...] = "",
                recursive: bool = True) -> list[pafs.FileInfo]:
     """List files under a directory/prefix (recursively), sorted by path; [] when it is absent."""

@@ -95,3 +95,35 @@ def test_median_run_ignores_failures() -> None:
     runs = [bp.Run(v, 0, wall_s=5.0, ok=True), bp.Run(v, 1, wall_s=1.0, ok=False), bp.Run(v, 2, wall_s=3.0, ok=True)]
     assert bp.median_run(runs).wall_s == 3.0
     assert bp.median_run([bp.Run(v, 0, ok=False)]) is None
+
+
+def test_index_bench_writes_section(tmp_path: Path) -> None:
+    """The index harness at a tiny size: its one section replaces the old one (whatever size that
+    was run at) with every table row; quality checks only, no timings."""
+    from artextract.bench.index import ivf_variants, main as index_main
+
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\n## Preprocess\n\nkeep me\n\n## Index (sharded FAISS, 1M x 256)\n\nold numbers\n\n"
+                   "## Training\n\nkeep too\n")
+    # One faiss thread: on a busy shared machine OpenMP barriers, not the work, dominate a tiny run.
+    rc = index_main(["--out", str(out), "--n", "10000", "--dim", "16", "--queries", "50", "--min-time", "0.01",
+                     "--threads", "1", "--work", str(tmp_path / "work")])
+    assert rc == 0
+    text = out.read_text()
+    assert "old numbers" not in text and "## Preprocess\n\nkeep me\n" in text and "## Training\n\nkeep too\n" in text
+    assert text.count("## Index (sharded FAISS") == 1 and "## Index (sharded FAISS, 10k x 16)\n" in text
+    assert "Command: `make bench-index`" in text and re.search(r"faiss \d+\.\d+.*OpenMP threads", text)
+
+    section = text.split("## Index (sharded FAISS, 10k x 16)")[1].split("\n## ")[0]
+    tables = [[[c.strip() for c in ln.strip("|").split("|")] for ln in block.splitlines()[2:]]
+              for block in section.split("\n\n") if block.startswith("| ")]
+    exact, ivf, reindex = tables[:3]
+    assert [(r[0], r[1]) for r in exact] == [("Flat", "1"), ("Flat", "4")]
+    assert all(float(r[4]) >= 0.99 for r in exact)  # the Flat index is exact
+    expected = [(f, str(s), str(p)) for f, sweep, shards in ivf_variants(10000, 16) for s in shards for p in sweep]
+    assert [(r[0], r[1], r[2]) for r in ivf] == expected
+    assert all(0.0 <= float(r[5]) <= 1.0 and r[9] in ("yes", "no") for r in ivf)
+    assert [r[0] for r in reindex] == ["Flat", *[v[0] for v in ivf_variants(10000, 16)[1:]]]
+    assert reindex[0][5] == "4/4" and float(reindex[0][7]) >= 0.99  # Flat: same neighbours after update
+    assert "Goal recall@10 >= 0.95" in section and "Goal update <= 5%" in section
+    assert "No GPU was available" in section or len(tables) == 4

@@ -43,7 +43,7 @@ def test_cluster_manifests_parse_validate_and_reference_real_files():
     files = _cluster_yamls()
     names = {p.relative_to(CLUSTER).as_posix() for p in files}
     assert {"aws.yaml", "gcp.yaml", "runtime_env.yaml", "kuberay/raycluster.yaml",
-            "kuberay/cronjob-reindex.yaml"} <= names
+            "kuberay/cronjob-reindex.yaml", "kuberay/rayjob-reindex.yaml"} <= names
     launchers = []
     for path in files:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -90,11 +90,9 @@ def test_cluster_manifests_parse_validate_and_reference_real_files():
     assert cron["spec"]["schedule"] == "0 2 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
     inline = script.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
-    rayjob = yaml.safe_load(inline.replace("$NAME", "artextract-reindex-20260101")
-                            .replace("$RUN", "s3://b/nightly/20260101"))
+    rayjob = yaml.safe_load(inline.replace("$NAME", "artextract-reindex-20260101"))
     assert rayjob["kind"] == "RayJob" and rayjob["metadata"]["name"] == "artextract-reindex-20260101"
-    chain = [step.strip().split()[1] for step in rayjob["spec"]["entrypoint"].split("&&")]
-    assert chain == ["jobs/ingest.py", "jobs/preprocess.py", "jobs/embed_collection.py", "jobs/build_index.py"]
+    assert rayjob["spec"]["entrypoint"].split()[:2] == ["python", "jobs/reindex.py"]
     assert yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["working_dir"]
     for path in files:
         for d in yaml.safe_load_all(path.read_text()):
@@ -330,3 +328,4 @@ def test_submitted_job_with_a_bad_key_fails_and_says_why(ray_head, sample_images
     assert "unknown key 'not_a_key'" in logs, logs[-4000:]
     assert ray_head.get_job_info(job).driver_exit_code == 2
     assert not (root / "bad" / "summary.json").exists()
+

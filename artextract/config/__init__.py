@@ -10,3 +10,5 @@ from artextract.config.core import (ConfigError, RayConfig, StorageConfig, Stric
                                     parse_override, save_resolved, to_yaml)
 from artextract.config.jobs import *  # noqa: F401,F403
 from artextract.config.training import *  # noqa: F401,F403
+from artextract.config.reindex import *  # noqa: F401,F403
+from artextract.config.serve import *  # noqa: F401,F403

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 
 class Strict(BaseModel):
@@ -27,6 +28,23 @@ class StorageConfig(Strict):
     http_retries: int = Field(4, ge=0, description="retries with backoff for http(s) reads/downloads")
     http_backoff_s: float = Field(0.5, ge=0)
     http_timeout_s: float = Field(30.0, gt=0)
+    local_root: str | None = Field(None, description=(
+        "confine local file access to this directory: when set, every local path a job reads or "
+        "writes (manifest rows, inputs, outputs) must resolve inside it after '..' and symlinks are "
+        "resolved, and relative paths are taken relative to it. A manifest row pointing outside is "
+        "quarantined as outside_root; any other such path fails the job with a one-line error. "
+        "None (default) = local paths are trusted as given. Does not affect s3:// or http(s)://"))
+
+    @field_serializer("s3_endpoint")
+    def _endpoint_without_userinfo(self, endpoint: str | None) -> str | None:
+        """Credentials belong to the AWS chain, but a user may still paste ``http://KEY:SECRET@host``:
+        the resolved config (written beside every output) then shows ``http://***@host``."""
+        if not endpoint:
+            return endpoint
+        parts = urlsplit(endpoint)
+        if "@" not in parts.netloc:
+            return endpoint
+        return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 class RayConfig(Strict):

@@ -147,12 +147,21 @@ def _id_as_str(v: Any) -> Any:
 
 
 class SearchConfig(Strict):
-    """``artextract search``: k-NN over a published index for a query vector file or an image_id."""
+    """``artextract search``: k-NN over a published index for a query vector file, an image_id or an
+    image (its detected faces, else the whole painting, embedded with the index's model)."""
 
     index: str = Field("", description="index root URI")
     vector: str | None = Field(None, description=".npy URI holding a (d,) or (q, d) float32 query")
     id: Annotated[str | None, BeforeValidator(_id_as_str)] = Field(
         None, description="query by image_id: its stored vectors (all faces unless face_idx is set)")
+    image: str | None = Field(None, description="query by an image file/URI: each detected face (aligned "
+                              "crop as in preprocess), else the whole painting, embedded with model")
+    model: str | None = Field(None, description="with image: checkpoint URI or untrained:<backbone> spec; "
+                              "None = the model recorded with the index (index.json embed, else the "
+                              "embed run of its embeddings)")
+    decode: DecodeConfig = Field(DecodeConfig(), description="with image: decoding, as in preprocess")
+    detect: FacesConfig = Field(FacesConfig(), description="with image: face detection and crops; keep "
+                                "equal to the preprocess run's faces settings so crops match")
     face_idx: int | None = Field(None, description="with id: only this face (-1 = whole image)")
     embeddings: str | None = Field(None, description="with id: read the query vectors from these embedding "
                                    "shards instead of reconstructing them from the index")
@@ -174,7 +183,12 @@ class SearchConfig(Strict):
     pose_max_deg: float = Field(20.0, gt=0, description="filter threshold (yaw/pitch/roll distance, degrees)")
     pose_weight: float = Field(0.5, ge=0, description="rerank penalty per 90 degrees of pose distance")
     pose_oversample: int = Field(4, ge=1, description="fetch k * this many candidates before pose filtering")
+    parallel: Literal["auto", "local", "ray"] = Field(
+        "auto", description="shards in this process (local) or one Ray actor per shard (ray); auto = ray "
+        "when the index holds at least ray_min_vectors vectors")
+    ray_min_vectors: int = Field(1_000_000, ge=1, description="parallel=auto switches to Ray actors here")
     storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
 
 
 class EmbedConfig(Strict):

@@ -8,7 +8,8 @@ empty index with its own vectors added, so all shards share the same centroids.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from contextlib import nullcontext
+from typing import Any, Callable, Literal
 
 import faiss
 import numpy as np
@@ -105,10 +106,14 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
                 metric: str = "ip", storage_cfg: StorageConfig | None = None,
                 parallel: Literal["local", "ray"] = "local", keep: int = 3, nprobe: int = 16,
                 flat_threshold: int = FLAT_THRESHOLD, train_size: int = 100_000,
-                recall_queries: int = 200, seed: int = 0, force_lock: bool = False) -> dict[str, Any]:
+                recall_queries: int = 200, seed: int = 0, force_lock: bool = False, locked: bool = False,
+                extra: dict[str, Any] | None = None,
+                before_publish: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Build N shards from embeddings (a URI or a table), write them as a new version under
     ``out_uri/versions/``, publish it (CURRENT written last), prune to ``keep`` versions; returns
-    the new index.json. Holds ``out_uri/LOCK`` while writing (see lock.py)."""
+    the new index.json. Holds ``out_uri/LOCK`` while writing (see lock.py) unless ``locked`` says
+    the caller already holds it. ``extra`` keys go into index.json; ``before_publish(version)``
+    may write more files into the version directory before it becomes visible."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, not {metric!r}")
     if shards < 1:
@@ -127,7 +132,8 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
         blobs = [build_shard(template, vectors[p], ids[p]) for p in parts]
     else:
         raise ValueError(f"parallel must be 'local' or 'ray', not {parallel!r}")
-    with index_lock(out_uri, storage_cfg, owner="build_index", force=force_lock):
+    guard = nullcontext() if locked else index_lock(out_uri, storage_cfg, owner="build_index", force=force_lock)
+    with guard:
         version = V.next_version(out_uri, storage_cfg)
         entries = [write_shard(out_uri, version, s, blob, ids_table(ids[p], [image_ids[i] for i in p], faces[p]),
                                storage_cfg) for s, (p, blob) in enumerate(zip(parts, blobs))]
@@ -139,7 +145,10 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
             "model_versions": V.model_versions(table), "parent": None,
             "recall_at_10": measure_recall(indexes, vectors, ids, metric, nprobe, recall_queries, 10, seed),
             "recall_queries": min(recall_queries, len(ids)),
+            **(extra or {}),
         }
+        if before_publish is not None:
+            before_publish(version)
         V.write_manifest(out_uri, version, manifest, storage_cfg)
         V.publish(out_uri, version, storage_cfg)
         V.prune(out_uri, keep, storage_cfg)

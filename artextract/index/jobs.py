@@ -23,6 +23,11 @@ Search (``run_search``)
     ``embeddings=`` is set, or reconstruction fails, the vectors are read from the embedding shards
     instead (``embeddings=`` or the ``embeddings`` recorded in the version's config.resolved.yaml).
     Nothing is excluded: an id query finds its own vector first (score ~1 for normalised vectors).
+    An image (``image=``) is queried by each detected face, else by the whole painting, embedded with
+    the index's model: see :mod:`artextract.index.query_image`.
+
+    Shards are searched in-process or by one Ray actor each (``parallel=``; ``auto`` uses actors from
+    ``ray_min_vectors`` vectors on, :mod:`artextract.index.ray_search`); ``fan_out`` records which.
 
     Outputs under ``out``: ``results.json`` (per query: its key/source and hits with rank, image_id,
     face_idx, score; ``box`` (x1, y1, x2, y2 in original pixels) when ``faces=`` is given; manifest
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import posixpath
 from typing import Any
 
@@ -129,38 +135,27 @@ def read_rows(uri: str, image_ids: list[str], columns: list[str], cfg: StorageCo
     return dataset.to_table(columns=cols, filter=pc.field("image_id").isin(sorted(set(image_ids))))
 
 
-def _reader(cfg: SearchConfig):
-    from artextract.index.search import IndexReader
+FAN_OUT = {"local": "local", "ray": "ray_actors"}  # parallel= -> the fan_out recorded in the results
 
+
+def open_reader(cfg: SearchConfig):
+    """(reader, fan_out) for ``cfg.parallel``: auto picks Ray actors at ``ray_min_vectors`` vectors."""
     if not storage.exists(storage.join(cfg.index, "CURRENT"), cfg.storage):
         raise FileNotFoundError(f"no published index at {cfg.index} (CURRENT is missing; build it first "
                                 f"with `artextract index build`)")
-    return IndexReader(cfg.index, cfg.storage, nprobe=cfg.nprobe, verify=cfg.verify)
+    mode = cfg.parallel
+    if mode == "auto":
+        total = int(V.read_manifest(cfg.index, None, cfg.storage).get("total", 0))
+        mode = "ray" if total >= cfg.ray_min_vectors else "local"
+    if mode == "ray":
+        from artextract.index.ray_search import RayIndexReader
+        from artextract.pipelines.ray_env import init_ray
 
+        init_ray(cfg.ray)
+        return RayIndexReader(cfg.index, cfg.storage, nprobe=cfg.nprobe, verify=cfg.verify), FAN_OUT[mode]
+    from artextract.index.search import IndexReader
 
-def _keys_of_image(reader, image_id: str, face_idx: int | None) -> list[V.Key]:
-    image_ids = np.asarray(reader._image_ids, dtype=object)
-    rows = np.flatnonzero(image_ids == image_id)
-    keys = sorted((image_id, int(reader._faces[r])) for r in rows)
-    if face_idx is not None:
-        keys = [k for k in keys if k[1] == face_idx]
-    return keys
-
-
-def _reconstruct(reader, keys: list[V.Key]) -> np.ndarray:
-    """Stored vectors of ``keys`` from their shards (IVF: after adding a hashtable direct map)."""
-    import faiss
-
-    n = len(reader.indexes)
-    out = []
-    for key in keys:
-        id_ = V.key_id(*key)
-        index = reader.indexes[id_ % n]
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        out.append(index.reconstruct(id_))
-    return np.vstack(out).astype(np.float32)
+    return IndexReader(cfg.index, cfg.storage, nprobe=cfg.nprobe, verify=cfg.verify), FAN_OUT[mode]
 
 
 def _vectors_from_embeddings(uri: str, keys: list[V.Key], cfg: StorageConfig) -> np.ndarray:
@@ -174,22 +169,18 @@ def _vectors_from_embeddings(uri: str, keys: list[V.Key], cfg: StorageConfig) ->
     return vec[[found[k] for k in keys]]
 
 
-def _recorded_embeddings(reader, cfg: StorageConfig) -> str | None:
-    uri = storage.join(V.version_dir(reader.out_uri, reader.version), "config.resolved.yaml")
-    if not storage.exists(uri, cfg):
-        return None
-    import yaml
-
-    return (yaml.safe_load(storage.read_bytes(uri, cfg)) or {}).get("embeddings") or None
-
-
 def query_vectors(reader, cfg: SearchConfig) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """(queries (q, d), per-query descriptions) from ``vector=`` or ``id=`` (see the module doc)."""
-    if cfg.vector:
+    """(queries (q, d), per-query descriptions) from ``vector=``, ``id=`` or ``image=`` (module doc;
+    image queries carry their thumbnail as ``jpeg``)."""
+    if cfg.image:
+        from artextract.index.query_image import image_queries
+
+        q, info = image_queries(reader, cfg)
+    elif cfg.vector:
         q = _read_npy(cfg.vector, cfg.storage)
         info = [{"source": "vector", "vector": cfg.vector, "row": i} for i in range(len(q))]
     else:
-        keys = _keys_of_image(reader, cfg.id, cfg.face_idx)
+        keys = [k for k in reader.keys_of_image(cfg.id) if cfg.face_idx is None or k[1] == cfg.face_idx]
         if not keys:
             what = f"image_id {cfg.id!r}" + (f" face_idx {cfg.face_idx}" if cfg.face_idx is not None else "")
             raise ValueError(f"{what} is not in the index at {cfg.index} (version {reader.version})")
@@ -197,12 +188,14 @@ def query_vectors(reader, cfg: SearchConfig) -> tuple[np.ndarray, list[dict[str,
         q = None
         if not cfg.embeddings:
             try:
-                q = _reconstruct(reader, keys)
+                q = reader.reconstruct(keys)
                 approximate = not reader.manifest["factory"].endswith(",Flat")
             except RuntimeError as exc:
                 log.info("cannot reconstruct vectors from the index (%s); reading embeddings", exc)
         if q is None:
-            emb = cfg.embeddings or _recorded_embeddings(reader, cfg.storage)
+            from artextract.index.query_image import recorded_embeddings
+
+            emb = cfg.embeddings or recorded_embeddings(reader, cfg.storage)
             if not emb:
                 raise RuntimeError("the index cannot reconstruct stored vectors and no embeddings URI is "
                                    "known: pass embeddings=URI")
@@ -273,8 +266,9 @@ def _thumb(jpeg: bytes | None, px: int):
 
 
 def render_grid(results: list[dict[str, Any]], queries: list[dict[str, Any]], crops: dict[V.Key, bytes],
-                wholes: dict[str, bytes], k: int, px: int) -> bytes:
-    """PNG: one row per query, the query thumbnail then its top-k hits, captioned with rank/score."""
+                wholes: dict[str, bytes], k: int, px: int, query_jpegs: list[bytes | None] | None = None) -> bytes:
+    """PNG: one row per query, the query thumbnail (``query_jpegs[row]`` where given: an image
+    query's face crop or whole painting) then its top-k hits, captioned with rank/score."""
     from PIL import Image, ImageDraw
 
     cap = 14
@@ -291,6 +285,9 @@ def render_grid(results: list[dict[str, Any]], queries: list[dict[str, Any]], cr
         if "image_id" in q:
             qkey = (q["image_id"], q["face_idx"])
             cell, label = _thumb(image_of(qkey), px), f"Q {q['image_id']}#{q['face_idx']}"[:px // 6]
+        elif q.get("source") == "image":
+            jpeg = query_jpegs[row] if query_jpegs else None
+            cell, label = _thumb(jpeg, px), ("Q whole image" if q["face_idx"] < 0 else f"Q face {q['face_idx']}")
         else:
             cell, label = _thumb(None, px), f"Q vector row {q['row']}"
         img.paste(cell, (pad, y))
@@ -315,8 +312,11 @@ def _pose_rank(results: list[dict[str, Any]], queries: list[dict[str, Any]], cfg
     poses = {(i, int(f)): (y, p, r) for i, f, y, p, r in zip(*(faces[c].to_pylist() for c in (
         "image_id", "face_idx", "yaw", "pitch", "roll")))}
     for res, q in zip(results, queries):
-        qpose = poses.get((q["image_id"], q["face_idx"])) if "image_id" in q else None
-        q["pose"] = list(qpose) if qpose else None
+        if "image_id" in q:
+            qpose = poses.get((q["image_id"], q["face_idx"]))
+            q["pose"] = list(qpose) if qpose else None
+        else:  # an image query's own face pose (None entries: undefined angles)
+            qpose = tuple(math.nan if v is None else v for v in q["pose"]) if q.get("pose") else None
         res["hits"] = apply_pose(res["hits"], qpose, poses, cfg.pose, cfg.k, cfg.pose_max_deg, cfg.pose_weight)
 
 
@@ -324,19 +324,23 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
     """k-NN search; writes results.json (+ grid.png) under ``out``; returns the summary."""
     if not cfg.index or not cfg.out:
         raise ConfigError("search needs index= and out= (or --index/--out)")
-    if bool(cfg.vector) == bool(cfg.id):
-        raise ConfigError("search needs exactly one of vector= (--vector FILE) or id= (--id IMAGE_ID)")
+    if sum(bool(x) for x in (cfg.vector, cfg.id, cfg.image)) != 1:
+        raise ConfigError("search needs exactly one of vector= (--vector FILE) or id= (--id IMAGE_ID) or "
+                          "image= (--image PATH)")
     if cfg.face_idx is not None and not cfg.id:
         raise ConfigError("face_idx= only applies to id= queries")
-    job = JobRun("search", cfg, cfg.out)
-    reader = _reader(cfg)
-    job.lap("load")
-    q, queries = query_vectors(reader, cfg)
     if cfg.pose != "off" and not cfg.faces:
         raise ConfigError("pose= needs faces= (the preprocess output holding each face's yaw/pitch/roll)")
-    fetch = cfg.k * (cfg.pose_oversample if cfg.pose != "off" else 1)
-    scores, keys = reader.search(q, fetch, cfg.nprobe)
-    job.lap("search")
+    job = JobRun("search", cfg, cfg.out)
+    reader, fan_out = open_reader(cfg)
+    with reader:
+        job.lap("load")
+        q, queries = query_vectors(reader, cfg)
+        query_jpegs = [qd.pop("jpeg", None) for qd in queries]
+        job.lap("query")
+        fetch = cfg.k * (cfg.pose_oversample if cfg.pose != "off" else 1)
+        scores, keys = reader.search(q, fetch, cfg.nprobe)
+        job.lap("search")
     results = []
     for qi, (srow, krow) in enumerate(zip(scores, keys)):
         hits = [{"rank": r + 1, "image_id": key[0], "face_idx": int(key[1]), "score": round(float(s), 6)}
@@ -353,16 +357,16 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
         note = "grid skipped: grid=false"
     else:
         grid_uri = storage.join(cfg.out, "grid.png")
-        storage.write_bytes(grid_uri, render_grid(results, queries, crops, wholes, cfg.k, cfg.thumb_px),
-                            cfg.storage)
+        storage.write_bytes(grid_uri, render_grid(results, queries, crops, wholes, cfg.k, cfg.thumb_px,
+                                                  query_jpegs), cfg.storage)
         job.lap("grid")
     doc = {"index": cfg.index, "version": reader.version, "metric": reader.metric, "k": cfg.k,
-           "nprobe": cfg.nprobe or reader.nprobe, "factory": reader.manifest["factory"],
+           "nprobe": cfg.nprobe or reader.nprobe, "factory": reader.manifest["factory"], "fan_out": fan_out,
            "score": "inner product (higher is better)" if reader.metric == "ip"
            else "squared L2 distance (lower is better)",
            "grid": grid_uri, "grid_note": note, "results": results}
     storage.write_json(storage.join(cfg.out, "results.json"), doc, cfg.storage)
     counts = {"queries": len(results), "k": cfg.k, "hits": sum(len(r["hits"]) for r in results),
               "index_version": reader.version, "index_vectors": reader.ntotal,
-              "grid": grid_uri is not None}
+              "grid": grid_uri is not None, "fan_out": fan_out}
     return job.finish(counts, results=storage.join(cfg.out, "results.json"), grid=grid_uri, grid_note=note)

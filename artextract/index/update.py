@@ -10,7 +10,8 @@ retrained: new vectors go to the existing IVF lists (rebuild when the collection
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from contextlib import nullcontext
+from typing import Any, Callable, Iterable
 
 import faiss
 import numpy as np
@@ -43,11 +44,17 @@ def _edit_shard(index: faiss.Index, ids: pa.Table, drop: np.ndarray, add_vec: np
 
 def update_index(out_uri: str, add_embeddings: pa.Table | None = None,
                  remove_keys: Iterable[tuple[str, int]] = (), storage_cfg: StorageConfig | None = None,
-                 keep: int = 3, force: bool = False, stale_after_s: float = 3600.0) -> dict[str, Any]:
+                 keep: int = 3, force: bool = False, stale_after_s: float = 3600.0, locked: bool = False,
+                 extra: dict[str, Any] | None = None,
+                 before_publish: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Publish a new version = CURRENT + ``add_embeddings`` - ``remove_keys``, rewriting only the
     affected shards; holds ``out_uri/LOCK`` throughout (LockError if another writer holds it;
-    ``force=True`` breaks a lock older than ``stale_after_s``). Returns the new index.json."""
-    with index_lock(out_uri, storage_cfg, owner="update_index", force=force, stale_after_s=stale_after_s):
+    ``force=True`` breaks a lock older than ``stale_after_s``) unless ``locked`` says the caller
+    holds it. ``extra`` keys go into index.json; ``before_publish(version)`` may write more files
+    into the new version directory before it becomes visible. Returns the new index.json."""
+    guard = nullcontext() if locked else index_lock(out_uri, storage_cfg, owner="update_index", force=force,
+                                                    stale_after_s=stale_after_s)
+    with guard:
         cur = V.current_version(out_uri, storage_cfg)
         if cur is None:
             raise FileNotFoundError(f"no published index at {out_uri} to update; build it first")
@@ -91,7 +98,10 @@ def update_index(out_uri: str, add_embeddings: pa.Table | None = None,
             recall_from_version=old.get("recall_from_version", cur),
             update={"added": int(len(add_ids)), "removed_rows": removed, "remove_requested": int(len(rm_ids)),
                     "rewritten_shards": affected, "copied_shards": [e["shard"] for e in entries
-                                                                    if e["shard"] not in affected]})
+                                                                    if e["shard"] not in affected]},
+            **(extra or {}))
+        if before_publish is not None:
+            before_publish(version)
         V.write_manifest(out_uri, version, manifest, storage_cfg)
         V.publish(out_uri, version, storage_cfg)
         V.prune(out_uri, keep, storage_cfg)

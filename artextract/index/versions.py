@@ -158,6 +158,17 @@ def prune(out_uri: str, keep: int, cfg: StorageConfig | None = None) -> list[int
     return doomed
 
 
+def remove_incomplete(out_uri: str, cfg: StorageConfig | None = None) -> list[int]:
+    """Delete version directories without index.json: shards a writer wrote before it crashed.
+    Call only while holding the LOCK (a live writer's version-in-progress looks the same)."""
+    doomed = [v for v in list_versions(out_uri, cfg)
+              if not storage.exists(storage.join(version_dir(out_uri, v), "index.json"), cfg)]
+    for v in doomed:
+        loc = storage.filesystem_for(version_dir(out_uri, v), cfg)
+        loc.fs.delete_dir(loc.path)
+    return doomed
+
+
 def copy_file(src_uri: str, dst_uri: str, cfg: StorageConfig | None = None) -> None:
     """Copy one file: server-side CopyObject on S3 (atomic); atomic read+write locally."""
     src, dst = storage.filesystem_for(src_uri, cfg), storage.filesystem_for(dst_uri, cfg)

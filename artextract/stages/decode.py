@@ -24,6 +24,7 @@ REASONS = {
     "extreme_aspect": "long/short side ratio exceeds decode.max_aspect",
     "read_error": "the bytes could not be read from storage",
     "missing": "no object at the manifest's uri",
+    "outside_root": "the uri resolves outside storage.local_root (e.g. '..' or a symlink out)",
 }
 
 # Orientations 5-8 swap width and height.
@@ -99,7 +100,8 @@ def decode(data: bytes, cfg: DecodeConfig) -> Decoded:
             raise Quarantine("not_an_image", f"leading bytes {data[:12]!r}") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise Quarantine("decompression_bomb", str(exc)) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - plugins raise OSError, SyntaxError, TypeError,
+            # struct.error, ... on hostile headers; any of them means "corrupt", never a crash.
             raise Quarantine("decode_error", f"{type(exc).__name__}: {exc}") from None
         width, height = _declared_size(img)
         if width * height > cfg.max_pixels:
@@ -108,7 +110,15 @@ def decode(data: bytes, cfg: DecodeConfig) -> Decoded:
             raise Quarantine("too_small", f"{width}x{height}")
         if max(width, height) / min(width, height) > cfg.max_aspect:
             raise Quarantine("extreme_aspect", f"{width}x{height}")
-        fmt, mode, n_frames = img.format or "?", img.mode, int(getattr(img, "n_frames", 1))
+        fmt, mode = img.format or "?", img.mode
+        try:
+            # Counting frames parses every frame header (each TIFF IFD, each GIF block), past the
+            # part Image.open validated; a corrupt later frame raises e.g. TypeError in PIL.
+            n_frames = int(getattr(img, "n_frames", 1))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Quarantine("decompression_bomb", str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            raise Quarantine("decode_error", f"frame count: {type(exc).__name__}: {exc}") from None
         scale = min(1.0, cfg.detect_max_side / max(width, height))
         if fmt == "JPEG" and scale < 0.5:
             # DCT-domain downscaling: decoding a 4000 px JPEG at 1/4 scale is ~10x cheaper.
@@ -122,7 +132,8 @@ def decode(data: bytes, cfg: DecodeConfig) -> Decoded:
         except OSError as exc:
             reason = "truncated" if "truncated" in str(exc).lower() else "decode_error"
             raise Quarantine(reason, str(exc)) from None
-        except (SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        except Exception as exc:  # noqa: BLE001 - e.g. TypeError from a TIFF strip offset of the
+            # wrong type; SyntaxError/ValueError/EOFError/MemoryError from other plugins.
             raise Quarantine("decode_error", f"{type(exc).__name__}: {exc}") from None
     det_w = max(1, round(width * scale))
     det_h = max(1, round(height * scale))

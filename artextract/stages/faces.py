@@ -87,6 +87,23 @@ class FaceDetector:
         return faces[: self.cfg.max_faces]
 
 
+def face_record(k: int, face: Face, image: np.ndarray, scale: float, cfg: FacesConfig) -> dict:
+    """One FACE_TYPE row: the aligned crop (JPEG), box/landmarks in original pixels and head pose.
+
+    Shared by preprocess (FaceStage) and search by image, so a query face is cropped exactly like
+    the indexed ones. ``image`` is the detection image, ``scale`` its det pixels per original pixel.
+    """
+    crop = aligned_crop(image, face.landmarks, face.box, cfg.crop_size, cfg.crop_margin)
+    # MTCNN regresses boxes of faces at the border partly outside the image: store the visible part.
+    h, w = image.shape[:2]
+    box = np.clip(face.box, 0, [w, h, w, h])
+    yaw, pitch, roll = pose_from_landmarks(face.landmarks[None].astype(np.float64))[0]
+    return {"face_idx": k, "box": (box / scale).tolist(),
+            "landmarks": (face.landmarks / scale).reshape(-1).tolist(),
+            "prob": face.prob, "yaw": float(yaw), "pitch": float(pitch), "roll": float(roll),
+            "crop_jpeg": encode_jpeg(crop, 92)}
+
+
 class FaceStage:
     """Batch stage: det_image column -> ``faces`` column (list<FACE_TYPE>), det_image dropped."""
 
@@ -101,19 +118,8 @@ class FaceStage:
         faces_col: list[list[dict]] = [[] for _ in images]
         for i, faces in zip(ok, found):
             scale = float(batch["det_scale"][i])
-            faces_col[i] = [self._row(k, f, images[i], scale) for k, f in enumerate(faces)]
+            faces_col[i] = [face_record(k, f, images[i], scale, self.cfg) for k, f in enumerate(faces)]
         cols = {k: pa.array(list(v)) for k, v in batch.items() if k not in ("det_image",)}
         cols["n_faces"] = pa.array([len(f) for f in faces_col], pa.int32())
         cols["faces"] = pa.array(faces_col, pa.list_(FACE_TYPE))
         return pa.table(cols)
-
-    def _row(self, k: int, face: Face, image: np.ndarray, scale: float) -> dict:
-        crop = aligned_crop(image, face.landmarks, face.box, self.cfg.crop_size, self.cfg.crop_margin)
-        # MTCNN regresses boxes of faces at the border partly outside the image: store the visible part.
-        h, w = image.shape[:2]
-        box = np.clip(face.box, 0, [w, h, w, h])
-        yaw, pitch, roll = pose_from_landmarks(face.landmarks[None].astype(np.float64))[0]
-        return {"face_idx": k, "box": (box / scale).tolist(),
-                "landmarks": (face.landmarks / scale).reshape(-1).tolist(),
-                "prob": face.prob, "yaw": float(yaw), "pitch": float(pitch), "roll": float(roll),
-                "crop_jpeg": encode_jpeg(crop, 92)}

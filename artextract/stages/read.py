@@ -25,6 +25,8 @@ class ReadDecodeStage:
             return storage.read_bytes(uri, self.storage_cfg)
         except FileNotFoundError as exc:
             return Quarantine("missing", storage.redact(str(exc)))
+        except storage.StorageAccessError as exc:  # a row pointing outside storage.local_root
+            return Quarantine("outside_root", storage.redact(str(exc)))
         except (OSError, ValueError) as exc:  # transport errors after the retries ran out
             return Quarantine("read_error", storage.redact(f"{type(exc).__name__}: {exc}"))
 

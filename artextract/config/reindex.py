@@ -1,0 +1,86 @@
+"""Schema of ``artextract reindex``: a collection (folder or bucket) kept in sync with its index."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from artextract.config.core import RayConfig, StorageConfig, Strict
+from artextract.config.jobs import DecodeConfig, FacesConfig, IngestFolderConfig
+
+
+class ReindexPreprocessConfig(Strict):
+    """The preprocess settings of the changed images (manifest/out are the job's own)."""
+
+    shard_rows: int = Field(64, ge=1)
+    decode: DecodeConfig = DecodeConfig()
+    faces: FacesConfig = FacesConfig()
+    detector_cpus: float = Field(0.75, gt=0)
+    decode_cpus: float = Field(0.25, gt=0)
+    torch_threads: int = Field(1, ge=1)
+
+
+class ReindexEmbedConfig(Strict):
+    """The embedding model and settings; they must match the ones the index was built with."""
+
+    model: str = Field("untrained:resnet18", description="checkpoint URI or untrained:/imagenet:<backbone>")
+    what: Literal["faces", "images", "both"] = "faces"
+    image_size: int = Field(160, ge=16)
+    dim: int = Field(256, ge=1)
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+    shard_rows: int = Field(4096, ge=1)
+    actor_cpus: float = Field(0.75, gt=0)
+    torch_threads: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ReindexIndexConfig(Strict):
+    """Index settings used when the index is (re)built from scratch; updates keep the built ones."""
+
+    shards: int = Field(4, ge=1)
+    factory: str | None = None
+    metric: Literal["ip", "l2"] = "ip"
+    nprobe: int = Field(16, ge=1)
+    flat_threshold: int = Field(50_000, ge=1)
+    train_size: int = Field(100_000, ge=1)
+    recall_queries: int = Field(200, ge=1)
+    parallel: Literal["local", "ray"] = "local"
+    seed: int = 0
+
+
+class ReindexConfig(Strict):
+    """``artextract reindex``: list the collection, diff it against the snapshot stored with the
+    published index version (new / changed / deleted), preprocess and embed only what changed,
+    update the affected shards and publish a new version. The first run (no index yet) or
+    ``rebuild=true`` processes the whole collection and builds the index."""
+
+    collection: str = Field("", description="folder or s3:// prefix of the collection's images")
+    index: str = Field("", description="index root URI (CURRENT, LOCK, versions/)")
+    work: str | None = Field(None, description="where the per-change preprocess/embedding outputs go; "
+                             "default <index>/work")
+    extensions: tuple[str, ...] = IngestFolderConfig().extensions
+    include_all_files: bool = False
+    probe_dimensions: bool = True
+    preprocess: ReindexPreprocessConfig = ReindexPreprocessConfig()
+    embed: ReindexEmbedConfig = ReindexEmbedConfig()
+    build: ReindexIndexConfig = ReindexIndexConfig()
+    rebuild: bool = Field(False, description="process the whole collection and build a fresh index")
+    keep: int = Field(3, ge=1, description="index versions kept (the published one is never pruned)")
+    force_lock: bool = Field(False, description="break a LOCK older than stale_lock_s left by a crash")
+    stale_lock_s: float = Field(6 * 3600.0, gt=0, description="a reindex holds the lock for its whole "
+                                "run (preprocess and embed included), hence longer than an index build")
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+class IndexRollbackConfig(Strict):
+    """``artextract index rollback``: point CURRENT back at an older kept version."""
+
+    index: str = Field("", description="index root URI")
+    version: int | None = Field(None, ge=1, description="the kept version to serve")
+    force_lock: bool = False
+    storage: StorageConfig = StorageConfig()
+
+
+__all__ = ["ReindexConfig", "IndexRollbackConfig", "ReindexPreprocessConfig", "ReindexEmbedConfig", "ReindexIndexConfig"]

@@ -1,0 +1,44 @@
+"""``artextract serve`` schema: the visual-search web server (artextract.serve)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from artextract.config.core import RayConfig, StorageConfig, Strict
+from artextract.config.jobs import DecodeConfig, FacesConfig
+
+__all__ = ["ServeConfig"]
+
+
+class ServeConfig(Strict):
+    """``artextract serve``: JSON API + search page over a published index."""
+
+    index: str = Field("", description="index root URI (CURRENT, versions/)")
+    host: str = Field("127.0.0.1", description="bind address; 127.0.0.1 keeps the server local")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
+    faces: str | None = Field(None, description="preprocess output URI (faces/, images/): boxes, crops, poses; "
+                              "None = discovered (reindex snapshot deltas, or the embed run behind the index)")
+    manifest: str | None = Field(None, description="ingest manifest URI: title, artist, date, IIIF urls; "
+                                 "None = discovered (reindex snapshot, or the preprocess run's manifest)")
+    reports: str | None = Field(None, description="directory of HTML run reports served under /reports/; "
+                                "None = discovered next to a demo index")
+    model: str | None = Field(None, description="embedding model for uploads; None = the index's recorded model")
+    k: int = Field(12, ge=1, le=1000, description="results per page by default")
+    max_k: int = Field(200, ge=1, le=10_000, description="deepest result (offset + limit) a query may page to")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger than this get 413")
+    upload_cache: int = Field(64, ge=1, description="uploaded queries kept in memory for follow-up searches")
+    reload_s: float = Field(5.0, ge=0, description="check CURRENT at most this often; a new version is loaded "
+                            "without a restart")
+    nprobe: int | None = Field(None, ge=1, description="IVF nprobe; None = the one in index.json")
+    verify: bool = Field(True, description="check shard sha256 while loading")
+    parallel: Literal["local", "ray"] = Field("local", description="shards in this process, or one Ray actor each")
+    pose_max_deg: float = Field(20.0, gt=0, description="pose filter threshold (degrees)")
+    pose_weight: float = Field(0.5, ge=0, description="pose re-rank penalty per 90 degrees")
+    pose_oversample: int = Field(4, ge=1, description="candidates fetched per result when filtering by pose")
+    decode: DecodeConfig = Field(DecodeConfig(max_pixels=50_000_000), description="upload decoding limits")
+    detect: FacesConfig = Field(FacesConfig(device="cpu"), description="face detection on uploads (detect.device "
+                                "also places the upload embedding model; auto = a GPU when present)")
+    log_level: str = Field("info", description="uvicorn log level")
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()

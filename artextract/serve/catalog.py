@@ -1,0 +1,239 @@
+"""What the server knows about each indexed image besides its vectors: metadata, face boxes and
+poses, and the JPEG bytes it shows -- all read through :mod:`artextract.storage`, never linked.
+
+Where it comes from (first that applies, per index version):
+
+- faces (preprocess output: ``faces/`` crop_jpeg, box, yaw/pitch/roll; ``images/`` whole_jpeg,
+  orig_width/orig_height): ``faces=``; else the reindex snapshot (``collection.parquet`` of the
+  served version; each row's ``delta`` names ``<index>/work/deltas/<delta>/preprocessed``); else
+  the preprocess output the index's embeddings were made from (``embeddings`` in the version's
+  ``config.resolved.yaml`` -> that embed run's ``input``).
+- metadata (title, artist, date, IIIF urls): ``manifest=``; else the snapshot itself; else the
+  manifest of that preprocess run (its ``config.resolved.yaml``).
+
+Nothing here returns an object-storage URI: metadata is limited to :data:`PUBLIC_COLUMNS`, and only
+``http(s)`` IIIF links (public image servers) are passed on.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from artextract import storage
+from artextract.config import StorageConfig
+from artextract.index import versions as V
+
+log = logging.getLogger(__name__)
+
+PUBLIC_COLUMNS = ("title", "attribution", "artist", "displaydate", "date", "style", "genre", "relpath",
+                  "iiif_thumb_url", "iiif_bounded_url", "iiif_full_url")
+IIIF_COLUMNS = ("iiif_full_url", "iiif_bounded_url", "iiif_thumb_url")
+
+
+def _resolved(uri: str, cfg: StorageConfig) -> dict[str, Any]:
+    from artextract.index.query_image import _resolved_config
+
+    try:
+        return _resolved_config(uri, cfg)
+    except (OSError, ValueError) as exc:
+        log.info("no readable config.resolved.yaml under %s: %s", uri, exc)
+        return {}
+
+
+def _clean(v: Any) -> Any:
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None or v != v else round(float(v), 2)
+
+
+class LRU:
+    """A small thread-safe LRU dict (thumbnail bytes, uploaded queries)."""
+
+    def __init__(self, size: int):
+        self.size, self._d, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            if key not in self._d:
+                return None
+            self._d.move_to_end(key)
+            return self._d[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
+class Catalog:
+    """Metadata, faces and images of one index version (module docstring says where from)."""
+
+    def __init__(self, index: str, version: int, cfg: StorageConfig, faces: str | None = None,
+                 manifest: str | None = None, embeddings: str | None = None):
+        self.cfg = cfg
+        self.default_faces: str | None = faces
+        self.by_delta: dict[str, str] = {}  # image_id -> preprocess output (reindex deltas)
+        meta: pa.Table | None = None
+        snapshot = None
+        if not faces or not manifest:
+            from artextract.index.collection import read_snapshot
+
+            snapshot = read_snapshot(index, version, cfg)
+        if not faces and snapshot is not None and "delta" in snapshot.column_names:
+            for i, d in zip(snapshot["image_id"].to_pylist(), snapshot["delta"].to_pylist()):
+                if d:
+                    self.by_delta[i] = storage.join(index, "work", "deltas", d, "preprocessed")
+        if not faces and not self.by_delta and embeddings:
+            self.default_faces = _resolved(embeddings, cfg).get("input") or None
+        if manifest:
+            meta = self._read_meta(manifest)
+        elif snapshot is not None:
+            meta = snapshot
+        elif self.default_faces:
+            pre_manifest = _resolved(self.default_faces, cfg).get("manifest")
+            meta = self._read_meta(pre_manifest) if pre_manifest else None
+        self.sources = {"faces": self.default_faces or ("reindex deltas" if self.by_delta else None),
+                        "manifest": manifest or ("reindex snapshot" if snapshot is not None else
+                                                 ("preprocess manifest" if meta is not None else None))}
+        self.meta: dict[str, dict[str, Any]] = {}
+        if meta is not None:
+            cols = [c for c in PUBLIC_COLUMNS if c in meta.column_names]
+            for row in meta.select(["image_id"] + cols).to_pylist():
+                self.meta[str(row.pop("image_id"))] = {c: _clean(v) for c, v in row.items()}
+        self._search_text = {i: " ".join(str(m.get(c) or "") for c in ("title", "attribution", "artist",
+                                                                           "relpath", "displaydate", "date")
+                                         ).lower() + " " + i.lower() for i, m in self.meta.items()}
+        self._bytes = LRU(512)
+        log.info("catalog v%d: faces from %s, metadata from %s (%d rows)", version, self.sources["faces"],
+                 self.sources["manifest"], len(self.meta))
+
+    def _read_meta(self, uri: str) -> pa.Table | None:
+        from artextract.index.jobs import _parquet_files
+
+        import pyarrow.dataset as ds
+
+        try:
+            fs, files = _parquet_files(uri, self.cfg)
+            dataset = ds.dataset(files, format="parquet", filesystem=fs)
+        except (OSError, ValueError) as exc:
+            log.warning("metadata manifest %s unreadable: %s", uri, exc)
+            return None
+        cols = ["image_id"] + [c for c in PUBLIC_COLUMNS if c in dataset.schema.names]
+        return dataset.to_table(columns=cols)
+
+    # ------------------------------------------------------------------ metadata
+
+    def describe(self, image_id: str) -> dict[str, Any]:
+        """Public metadata of an image: title, artist, date, iiif (an http(s) link or None)."""
+        m = self.meta.get(image_id, {})
+        iiif = next((m[c] for c in IIIF_COLUMNS if isinstance(m.get(c), str)
+                     and m[c].startswith(("http://", "https://"))), None)
+        return {"title": m.get("title") or m.get("relpath") or image_id,
+                "artist": m.get("attribution") or m.get("artist"),
+                "date": m.get("displaydate") or m.get("date"),
+                "style": m.get("style"), "genre": m.get("genre"), "iiif": iiif}
+
+    def find(self, text: str, indexed: set[str] | None, limit: int, offset: int = 0) -> tuple[int, list[str]]:
+        """(matches, image_ids) whose title/artist/file/date contain every word of ``text``."""
+        words = text.lower().split()
+        pool = sorted(indexed) if indexed is not None else sorted(self.meta)
+        ids = [i for i in pool if all(w in self._search_text.get(i, i.lower()) for w in words)]
+        return len(ids), ids[offset:offset + limit]
+
+    # ------------------------------------------------------------------ preprocess rows
+
+    def _groups(self, image_ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for i in image_ids:
+            src = self.by_delta.get(i) or self.default_faces
+            if src:
+                out.setdefault(src, []).append(i)
+        return out
+
+    def _rows(self, table: str, image_ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
+        from artextract.index.jobs import read_rows
+
+        rows: list[dict[str, Any]] = []
+        for src, ids in self._groups(sorted(set(image_ids))).items():
+            try:
+                rows.extend(read_rows(storage.join(src, table), ids, columns, self.cfg, optional=True).to_pylist())
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s rows from %s: %s", table, src, exc)
+        return rows
+
+    def faces_of(self, image_id: str) -> list[dict[str, Any]]:
+        """Every detected face of an image: face_idx, box (original pixels), pose (yaw, pitch, roll)."""
+        rows = self._rows("faces", [image_id], ["face_idx", "box", "prob", "yaw", "pitch", "roll"])
+        return sorted(({"face_idx": int(r["face_idx"]),
+                        "box": [round(float(x), 1) for x in r["box"]] if r.get("box") is not None else None,
+                        "pose": [_round(r.get(a)) for a in ("yaw", "pitch", "roll")]} for r in rows),
+                      key=lambda f: f["face_idx"])
+
+    def size_of(self, image_id: str) -> tuple[int, int] | None:
+        """(width, height) of the original image (face boxes are in these pixels)."""
+        rows = self._rows("images", [image_id], ["orig_width", "orig_height"])
+        if rows and rows[0].get("orig_width", -1) > 0:
+            return int(rows[0]["orig_width"]), int(rows[0]["orig_height"])
+        return None
+
+    def poses(self, keys: list[V.Key]) -> dict[V.Key, tuple[float, float, float]]:
+        """(yaw, pitch, roll) of the given face keys that have one."""
+        rows = self._rows("faces", [k[0] for k in keys], ["face_idx", "yaw", "pitch", "roll"])
+        return {(r["image_id"], int(r["face_idx"])): (r["yaw"], r["pitch"], r["roll"]) for r in rows}
+
+    def boxes(self, keys: list[V.Key]) -> dict[V.Key, list[float]]:
+        """Face boxes (original pixels) of the given keys."""
+        rows = self._rows("faces", [k[0] for k in keys], ["face_idx", "box"])
+        return {(r["image_id"], int(r["face_idx"])): [round(float(x), 1) for x in r["box"]]
+                for r in rows if r.get("box") is not None}
+
+    def face_jpeg(self, image_id: str, face_idx: int) -> bytes | None:
+        """The stored aligned face crop (JPEG bytes), None when unknown."""
+        key = ("face", image_id, face_idx)
+        hit = self._bytes.get(key)
+        if hit is None:
+            rows = self._rows("faces", [image_id], ["face_idx", "crop_jpeg"])
+            hit = next((r["crop_jpeg"] for r in rows if int(r["face_idx"]) == face_idx and r["crop_jpeg"]), b"")
+            self._bytes.put(key, hit)
+        return hit or None
+
+    def image_jpeg(self, image_id: str) -> bytes | None:
+        """The stored whole-painting JPEG (preprocess ``whole_jpeg``), None when unknown."""
+        key = ("image", image_id)
+        hit = self._bytes.get(key)
+        if hit is None:
+            rows = self._rows("images", [image_id], ["whole_jpeg"])
+            hit = next((r["whole_jpeg"] for r in rows if r.get("whole_jpeg")), b"")
+            self._bytes.put(key, hit)
+        return hit or None
+
+
+def indexed_ids(reader) -> set[str]:
+    """Distinct image_ids the reader's version holds."""
+    return set(pc.unique(pa.array(reader._image_ids, pa.string())).to_pylist())
+
+
+def discover_reports(index: str, cfg: StorageConfig) -> dict[str, str]:
+    """name -> directory of the demo's HTML reports beside a demo index (``<root>/similarity/index``)."""
+    root = index.rstrip("/").rsplit("/", 2)[0] if index.rstrip("/").endswith("similarity/index") else None
+    if not root:
+        return {}
+    found = {}
+    for name, rel in (("classifier", "classifier/report"), ("similarity", "similarity/eval")):
+        uri = storage.join(root, rel)
+        if storage.exists(storage.join(uri, "summary.json"), cfg):  # a finished report run
+            found[name] = uri
+    return found

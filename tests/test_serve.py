@@ -1,0 +1,324 @@
+"""``artextract serve`` JSON API (FastAPI TestClient; the browser test drives a real uvicorn):
+schema, paintings by title/artist, queries by stored face / upload / vector, pose re-ranking,
+paging, bad uploads -> 4xx with a reason while the server keeps serving, images proxied with no
+storage URI leaking, CURRENT reloads, reports, CLI defaults."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from artextract import samples, storage
+from artextract.config import DecodeConfig, EmbedConfig, FacesConfig, ServeConfig, StorageConfig, save_resolved
+
+# starlette's TestClient prefers httpx2 but works with httpx (the dev extra): not our concern here
+pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
+MODEL = "untrained:resnet18"
+SECRET = "s3://secret-bucket/paintings"
+NAMES = ("astronaut", "double_portrait", "rgba_oval", "landscape_1")
+
+
+def _rotated(deg: float) -> bytes:
+    """The astronaut turned by ``deg`` degrees (same face, other head roll: pose filters see it)."""
+    im = Image.open(io.BytesIO(samples.CASES["astronaut"][1]())).convert("RGB").rotate(deg, expand=False,
+                                                                                     fillcolor=(128, 128, 128))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def build_small_index(tmp_path_factory) -> dict:
+    """A few sample paintings (faces + a faceless one + rotated copies) -> preprocess stages ->
+    EmbedStage (untrained resnet18, 64 px, d=32) -> ``index build``; a manifest with titles and a
+    bucket ``uri`` that must never reach a client. Built once per test session (both test files)."""
+    root = Path(tmp_path_factory.getbasetemp()) / "serve-index"
+    done = root / "info.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    from artextract.index.jobs import run_build
+    from artextract.config import IndexBuildConfig
+    from artextract.stages.embed import EmbedStage
+    from artextract.stages.faces import FaceStage
+    from artextract.stages.read import ReadDecodeStage
+    from artextract.stages.write import explode_faces
+
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "images").mkdir(parents=True)
+    uris = {}
+    for name in NAMES:
+        fname, make, _ = samples.CASES[name]
+        uris[name] = str(root / "images" / fname)
+        Path(uris[name]).write_bytes(make())
+    for deg in (-25, 25):
+        uris[f"astronaut_rot{deg}"] = str(root / "images" / f"astronaut_rot{deg}.jpg")
+        Path(uris[f"astronaut_rot{deg}"]).write_bytes(_rotated(deg))
+    batch = ReadDecodeStage(DecodeConfig(), StorageConfig())(
+        {"image_id": np.array(list(uris), object), "uri": np.array(list(uris.values()), object)})
+    rows = FaceStage(FacesConfig(device="cpu"))(batch)
+    faces = explode_faces(rows["image_id"], rows["faces"], 160)
+    pre = root / "pre"
+    storage.write_parquet(str(pre / "faces" / "part-00000.parquet"), faces)
+    storage.write_parquet(str(pre / "images" / "part-00000.parquet"),
+                          rows.select(["image_id", "status", "whole_jpeg", "orig_width", "orig_height", "n_faces"]))
+    stage = EmbedStage(MODEL, image_size=64, dim=32, seed=0, device="cpu")
+    items = list(zip(*(faces[c].to_pylist() for c in ("image_id", "face_idx", "crop_jpeg"))))
+    items += [(i, -1, j) for i, j in zip(rows["image_id"].to_pylist(), rows["whole_jpeg"].to_pylist())
+              if i == "landscape_1"]  # the faceless painting is indexed whole
+    emb = root / "emb"
+    storage.write_parquet(str(emb / "part-00000.parquet"), stage(
+        {"image_id": [i for i, _, _ in items], "face_idx": [f for _, f, _ in items], "jpeg": [j for *_, j in items]}))
+    save_resolved(EmbedConfig(input=str(pre), out=str(emb), model=MODEL, image_size=64, dim=32), str(emb))
+    idx = root / "idx"
+    run_build(IndexBuildConfig(embeddings=str(emb), out=str(idx), shards=2))
+    ids = list(uris)
+    manifest = pa.table({"image_id": ids, "uri": [f"{SECRET}/{Path(u).name}" for u in uris.values()],
+                         "title": [f"Portrait of {i.replace('_', ' ')}" for i in ids],
+                         "attribution": ["Eileen Collins" if i.startswith("astronaut") else "Anonymous" for i in ids],
+                         "displaydate": ["c. 1999"] * len(ids),
+                         "iiif_full_url": [f"https://iiif.example.org/{i}/full/full/0/default.jpg" for i in ids]})
+    storage.write_parquet(str(root / "manifest" / "part-00000.parquet"), manifest)
+    reports = root / "reports" / "classifier"
+    reports.mkdir(parents=True)
+    (reports / "report.html").write_text("<html><body><h1>Classifier report</h1></body></html>")
+    n_faces = dict(zip(rows["image_id"].to_pylist(), rows["n_faces"].to_pylist()))
+    info = {"root": str(root), "idx": str(idx), "pre": str(pre), "emb": str(emb), "manifest": str(root / "manifest"),
+            "reports": str(reports), "uris": uris, "n_faces": n_faces}
+    done.write_text(json.dumps(info))
+    return info
+
+
+def serve_config(small: dict, **kw) -> ServeConfig:
+    """The test server's config: pose re-ranking strong enough to reorder the few sample faces."""
+    base = dict(index=small["idx"], manifest=small["manifest"], reports=small["reports"], k=4, max_k=12,
+                pose_weight=20.0, max_upload_bytes=2_000_000, reload_s=0.0, decode=DecodeConfig(max_pixels=20_000_000))
+    return ServeConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict:
+    return build_small_index(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(small):
+    from fastapi.testclient import TestClient
+
+    from artextract.serve.app import create_app
+
+    app = create_app(serve_config(small))
+    app.state.engine.warm_up()
+    with TestClient(app) as c:
+        yield c
+
+
+def _no_leak(resp) -> None:
+    assert "secret-bucket" not in resp.text and small_root_absent(resp.text)
+
+
+def small_root_absent(text: str) -> bool:
+    return "/serve-index/" not in text  # no local storage path either
+
+
+def test_openapi_schema_and_page(client):
+    schema = client.get("/openapi.json").json()
+    for path in ("/api/search", "/api/upload", "/api/paintings", "/api/image/{image_id}", "/api/search/vector"):
+        assert path in schema["paths"], path
+    body = schema["paths"]["/api/upload"]["post"]["requestBody"]["content"]
+    assert {"image/*", "multipart/form-data"} <= set(body)
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="upload-input"' in page.text
+    assert client.get("/static/app.js").status_code == 200 and client.get("/static/../app.py").status_code == 404
+
+
+def test_info_and_find_by_title_or_artist(client, small):
+    info = client.get("/api/info").json()
+    n_faces = sum(small["n_faces"].values())
+    assert info["vectors"] == n_faces + 1 and info["k"] == 4 and info["faces"] and info["reports"] == ["classifier"]
+    res = client.get("/api/paintings", params={"q": "collins"})
+    ids = [p["image_id"] for p in res.json()["items"]]
+    assert ids == sorted(i for i in small["uris"] if i.startswith("astronaut"))
+    assert client.get("/api/paintings", params={"q": "double portrait"}).json()["total"] == 1
+    p = client.get("/api/paintings/double_portrait").json()
+    assert p["title"] == "Portrait of double portrait" and p["artist"] == "Anonymous" and p["date"] == "c. 1999"
+    assert len(p["faces"]) == 2 and all(f["indexed"] and len(f["box"]) == 4 for f in p["faces"])
+    assert p["width"] > 0 and not p["whole_indexed"]
+    _no_leak(res)
+    assert client.get("/api/paintings/nope").status_code == 404
+
+
+def test_query_by_stored_face_pose_and_paging(client):
+    r = client.get("/api/search", params={"image_id": "double_portrait", "face_idx": 1, "limit": 3})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    top = doc["hits"][0]
+    assert (top["image_id"], top["face_idx"]) == ("double_portrait", 1) and top["score"] == pytest.approx(1, abs=1e-3)
+    assert len(doc["hits"]) == 3 and doc["has_more"] and [h["rank"] for h in doc["hits"]] == [1, 2, 3]
+    assert top["thumb_url"] == "/api/face/double_portrait/1" and top["iiif"].startswith("https://iiif.example.org/")
+    assert top["title"] and top["artist"] and len(top["box"]) == 4
+    page2 = client.get("/api/search", params={"image_id": "double_portrait", "face_idx": 1, "limit": 3,
+                                              "offset": 3}).json()
+    assert page2["hits"][0]["rank"] == 4 and {(h["image_id"], h["face_idx"]) for h in page2["hits"]}.isdisjoint(
+        (h["image_id"], h["face_idx"]) for h in doc["hits"])
+    orders = {}
+    for pose in ("off", "rerank", "filter"):
+        d = client.get("/api/search", params={"image_id": "astronaut", "face_idx": 0, "limit": 8, "pose": pose}).json()
+        orders[pose] = [(h["image_id"], h["face_idx"]) for h in d["hits"]]
+        if pose != "off":
+            assert all("pose_distance_deg" in h for h in d["hits"])
+    assert orders["rerank"] != orders["off"] and set(orders["rerank"]) == set(orders["off"])
+    assert orders["filter"] != orders["off"]  # the rotated faces are > 20 degrees away
+    whole = client.get("/api/search", params={"image_id": "landscape_1", "face_idx": -1}).json()
+    assert (whole["hits"][0]["image_id"], whole["hits"][0]["face_idx"]) == ("landscape_1", -1)
+    assert whole["hits"][0]["thumb_url"] == "/api/image/landscape_1"
+    assert client.get("/api/search", params={"image_id": "astronaut", "face_idx": 7}).status_code == 404
+    assert client.get("/api/search", params={"image_id": "astronaut", "offset": 12}).status_code == 422
+    _no_leak(r)
+
+
+def test_query_by_vector(client, small):
+    v = np.zeros(32, np.float32)
+    v[0] = 1
+    r = client.post("/api/search/vector", json={"vector": v.tolist(), "limit": 2})
+    assert r.status_code == 200 and len(r.json()["hits"]) == 2
+    assert client.post("/api/search/vector", json={"vector": [1.0, 2.0]}).status_code == 422
+
+
+def test_query_by_upload_raw_and_multipart(client, small):
+    data = Path(small["uris"]["double_portrait"]).read_bytes()
+    r = client.post("/api/upload", files={"file": ("p.jpg", data, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    up = r.json()
+    assert len(up["faces"]) == 2 and up["width"] > 0 and up["note"] is None
+    hits = client.get("/api/search", params={"upload": up["upload_id"], "face_idx": 0, "limit": 2}).json()["hits"]
+    assert (hits[0]["image_id"], hits[0]["face_idx"]) == ("double_portrait", 0)
+    assert hits[0]["score"] == pytest.approx(1, abs=1e-3)
+    img = client.get(up["image_url"])
+    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
+    raw = client.post("/api/upload", content=Path(small["uris"]["landscape_1"]).read_bytes(),
+                      headers={"content-type": "image/jpeg"}).json()
+    assert raw["faces"] == [] and raw["note"].startswith("no face detected")
+    whole = client.get("/api/search", params={"upload": raw["upload_id"], "face_idx": -1}).json()["hits"][0]
+    assert (whole["image_id"], whole["face_idx"]) == ("landscape_1", -1)
+    assert client.get("/api/search", params={"upload": "expired", "face_idx": 0}).status_code == 404
+
+
+@pytest.mark.parametrize("name,data,status,text", [
+    ("notes.txt", b"curator's notes, not an image\n" * 20, 415, "not_an_image"),
+    ("bomb.png", samples.png_header_only(30_000, 30_000), 413, "decompression_bomb"),
+    ("big.jpg", b"\xff\xd8" + b"0" * 2_100_000, 413, "too_large_file"),
+    ("trunc.jpg", samples.CASES["truncated_jpeg"][1](), 422, "truncated"),
+    ("empty.jpg", b"", 400, "empty"),
+])
+def test_bad_uploads_get_4xx_and_server_keeps_serving(client, name, data, status, text):
+    r = client.post("/api/upload", files={"file": (name, data, "application/octet-stream")})
+    assert r.status_code == status and text in r.json()["detail"], r.text
+    assert client.get("/api/info").status_code == 200
+
+
+def test_too_large_is_refused_before_reading_the_body(client):
+    r = client.post("/api/upload", content=b"x" * 2_100_000, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 413 and "too_large_file" in r.json()["detail"]
+
+
+def test_images_are_proxied_and_reports_served(client, small):
+    r = client.get("/api/image/astronaut")
+    assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
+    f = client.get("/api/face/double_portrait/1")
+    assert f.status_code == 200 and Image.open(io.BytesIO(f.content)).size == (160, 160)
+    assert client.get("/api/face/double_portrait/9").status_code == 404
+    assert "classifier" in client.get("/reports/").text
+    assert "Classifier report" in client.get("/reports/classifier/").text
+    assert client.get("/reports/classifier/../../idx/CURRENT").status_code == 404
+    for url in ("/api/info", "/api/paintings", "/api/paintings/astronaut", "/openapi.json"):
+        _no_leak(client.get(url))
+
+
+def test_reload_when_current_moves(small, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from artextract.config import IndexBuildConfig
+    from artextract.index.jobs import run_build
+    from artextract.serve.app import create_app
+
+    idx = tmp_path / "idx"
+    shutil.copytree(small["idx"], idx)
+    app = create_app(serve_config(small, index=str(idx)))
+    with TestClient(app) as c:
+        v1 = c.get("/api/info").json()["version"]
+        run_build(IndexBuildConfig(embeddings=small["emb"], out=str(idx), shards=3))
+        assert c.get("/api/info").json()["version"] == v1 + 1
+        assert c.get("/api/search", params={"image_id": "astronaut", "face_idx": 0}).status_code == 200
+
+
+def test_cli_defaults_bind_localhost(small, monkeypatch):
+    from artextract import cli
+
+    from PIL import ImageFile
+
+    seen = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: seen.update(host=host, port=port))
+    # run() sets PIL's process-wide limits from serve's decode config: restore them afterwards
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", ImageFile.LOAD_TRUNCATED_IMAGES)
+    assert cli.main(["serve", "--index", small["idx"], "--manifest", small["manifest"]]) == 0
+    assert seen == {"host": "127.0.0.1", "port": 8000}
+    assert ServeConfig().host == "127.0.0.1"
+    assert cli.main(["serve", "--index", str(Path(small["root"]) / "missing")]) == 1
+
+
+def test_served_from_s3_without_leaking_the_bucket(small, s3_bucket, s3_endpoint, s3_storage):
+    """Index, faces and manifest in a bucket: images come through the API, no URI or endpoint leaks."""
+    from fastapi.testclient import TestClient
+
+    from conftest import upload_dir
+
+    from artextract.serve.app import create_app
+
+    for part in ("idx", "pre", "manifest"):
+        upload_dir(Path(small["root"]) / part, s3_bucket, f"art/{part}", s3_endpoint)
+    base = f"s3://{s3_bucket}/art"
+    cfg = serve_config(small, index=f"{base}/idx", faces=f"{base}/pre", manifest=f"{base}/manifest",
+                       reports=None, storage=s3_storage)
+    with TestClient(create_app(cfg)) as c:
+        img = c.get("/api/image/double_portrait")
+        assert img.status_code == 200 and img.content[:2] == b"\xff\xd8"
+        texts = [c.get(u).text for u in ("/api/info", "/api/paintings", "/api/paintings/double_portrait",
+                                          "/api/image/nope", "/api/paintings/nope")]
+        texts.append(c.get("/api/search", params={"image_id": "double_portrait", "face_idx": 0}).text)
+        texts.append(c.get("/api/search", params={"image_id": "nope"}).text)
+        for t in texts:
+            assert s3_bucket not in t and s3_endpoint not in t and "s3://" not in t, t
+
+
+def test_faces_and_metadata_discovered_from_a_reindex_snapshot(small, tmp_path):
+    """A reindex-built version: collection.parquet names each image's delta; the server finds the
+    delta's preprocess output and takes metadata from the snapshot, with no faces=/manifest=."""
+    import pyarrow.parquet as pq
+    from fastapi.testclient import TestClient
+
+    from artextract.index import versions as V
+    from artextract.serve.app import create_app
+
+    idx = tmp_path / "idx"
+    shutil.copytree(small["idx"], idx)
+    shutil.copytree(small["pre"], idx / "work" / "deltas" / "d1" / "preprocessed")
+    version = V.current_version(str(idx))
+    ids = sorted(small["uris"])
+    pq.write_table(pa.table({"image_id": ids, "uri": [small["uris"][i] for i in ids],
+                             "relpath": [Path(small["uris"][i]).name for i in ids], "delta": ["d1"] * len(ids)}),
+                   str(Path(V.version_dir(str(idx), version)) / "collection.parquet"))
+    cfg = serve_config(small, index=str(idx), manifest=None, faces=None, reports=None)
+    app = create_app(cfg)
+    assert app.state.engine.current().catalog.sources == {"faces": "reindex deltas", "manifest": "reindex snapshot"}
+    with TestClient(app) as c:
+        p = c.get("/api/paintings/double_portrait").json()
+        assert p["title"] == "double_portrait.jpg" and len(p["faces"]) == 2
+        assert c.get("/api/face/double_portrait/0").status_code == 200
+        assert c.get("/api/paintings", params={"q": "rot25"}).json()["total"] == 1
