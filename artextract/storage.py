@@ -28,7 +28,7 @@ HTTP_SCHEMES = ("http://", "https://")
 # error body that does not fit a small ranged read ("Failed to flush response stream", measured
 # with the fault proxy of bench/reliability.py). Whole-object operations are idempotent, so we
 # retry those a few more times; missing keys and denied access are final at once.
-_S3_OUTER_ATTEMPTS = 3
+_S3_OUTER_ATTEMPTS = 5
 _S3_FINAL = ("NO_SUCH_KEY", "NoSuchKey", "NO_SUCH_BUCKET", "NoSuchBucket", "ACCESS_DENIED", "AccessDenied",
              "Forbidden", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH")
 
@@ -225,14 +225,27 @@ def read_parquet(uri: str, cfg: StorageConfig | None = None, columns: list[str] 
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no parquet file or directory at {uri}")
     if info.type == pafs.FileType.File:
-        return pq.read_table(loc.path, filesystem=loc.fs, columns=columns)
+        return _read_parquet_file(loc, loc.path, columns, cfg)
     # Only committed shards: other parquet files beside them (e.g. missing.parquet) are not parts.
     files = [f.path for f in list_files(uri, cfg, suffix=".parquet", recursive=False)
              if posixpath.basename(f.path).startswith("part-")]
     if not files:
         raise FileNotFoundError(f"no parquet shards under {uri}")
-    tables = [pq.read_table(p, filesystem=loc.fs, columns=columns) for p in sorted(files)]
+    tables = [_read_parquet_file(loc, p, columns, cfg) for p in sorted(files)]
     return pa.concat_tables(tables, promote_options="default")
+
+
+def _read_parquet_file(loc: Location, path: str, columns: list[str] | None, cfg: StorageConfig | None) -> pa.Table:
+    """One parquet file with ranged reads of just ``columns``; after a transient S3 failure (a
+    500/503 error body breaks the SDK's small ranged reads without a retry) the whole object is
+    read instead, by the retried whole-object GET."""
+    try:
+        return pq.read_table(path, filesystem=loc.fs, columns=columns)
+    except OSError as exc:
+        if not (loc.is_s3 and _transient_s3(exc)):
+            raise
+    data = read_bytes(uri_of(loc, path), cfg)
+    return pq.read_table(pa.BufferReader(data), columns=columns)
 
 
 @_s3_retry
