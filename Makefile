@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 FACENET := facenet-pytorch==2.6.0
 
-.PHONY: install demo test test-fast bench bench-classifier bench-similarity bench-serve bench-index bench-reliability clean
+.PHONY: install demo test test-fast bench bench-classifier bench-similarity bench-serve bench-index bench-reliability bench-gpu clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-index: install
 # Jobs through a fault-injecting S3 proxy (500/503/SlowDown/dropped connections): faults vs rows lost.
 bench-reliability: install
 	$(BIN)/python -m artextract.bench.reliability --out docs/benchmarks.md
+
+# Ray-free stages on a CUDA GPU (MTCNN, ResNet50 bf16, torch kNN, DDP step); --dry-run: CPU smoke run.
+bench-gpu: install
+	$(BIN)/python -m artextract.bench.gpu --out docs/benchmarks.md
 
 clean:
 	rm -rf runs .pytest_cache

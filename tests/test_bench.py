@@ -2,6 +2,7 @@
 generated images with ``--quick``. No timing assertions: numbers come from ``make bench`` only."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -127,3 +128,20 @@ def test_index_bench_writes_section(tmp_path: Path) -> None:
     assert reindex[0][5] == "4/4" and float(reindex[0][7]) >= 0.99  # Flat: same neighbours after update
     assert "Goal recall@10 >= 0.95" in section and "Goal update <= 5%" in section
     assert "No GPU was available" in section or len(tables) == 4
+
+
+def test_gpu_stage_script_dry_run(tmp_path):
+    """The GPU stage benchmark end to end at toy sizes on the CPU (no timing assertions)."""
+    from artextract.bench import gpu
+
+    out, raw = tmp_path / "bench.md", tmp_path / "gpu.json"
+    out.write_text("# Benchmarks\n\n## Other\n\nkept\n")
+    assert gpu.main(["--dry-run", "--out", str(out), "--json", str(raw)]) == 0
+    text = out.read_text()
+    assert "## Other\n\nkept" in text and "## GPU stages" in text and "**Dry run**" in text
+    results = json.loads(raw.read_text())["results"]
+    assert [r["stage"].split(" ")[0] for r in results] == ["MTCNN", "embedding", "exact", "DDP"]
+    assert all("error" not in r for r in results)
+    assert results[0]["faces_in_first_batch"] >= 1  # the portraits really went through MTCNN
+    for key in ("img_s_excl_decode", "img_s_incl_decode"):
+        assert results[0][key] > 0 and results[1][key] > 0
