@@ -96,4 +96,6 @@ def _print(summary: dict) -> None:
         lines.append(f"  similarity  {s['faces_embedded']} faces embedded and indexed; reproduction recall@1 "
                      f"{_pct(nd.get('recall@1'))} (chance {_pct(nd.get('chance_recall@1'))})")
         lines.append(f"              query grid: {s['query_grid']}")
+        if s.get("index"):
+            lines.append(f"  browse      artextract serve --index {s['index']}   (then open http://127.0.0.1:8000/)")
     print("\n".join(lines))

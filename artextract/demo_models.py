@@ -54,7 +54,7 @@ def similarity_demo(cfg: DemoConfig, pre_out: str) -> dict[str, Any]:
         embeddings=emb_out, out=eval_out, preprocess=pre_out, what="faces", queries=6, grid_k=4,
         near_duplicate={"enabled": True, "model": trained["model"], "images": 12, "copies": 2, "image_size": 64},
         storage=cfg.storage))
-    return {"model": trained["model"], "index_version": built.get("version"),
+    return {"model": trained["model"], "index_version": built.get("version"), "index": index_out,
             "query_grid": storage.join(eval_out, "query_grid.png"),
             "near_duplicate": _near_dup(eval_out, cfg), "faces_embedded": ev["counts"].get("vectors")}
 
