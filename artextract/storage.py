@@ -126,6 +126,17 @@ def confine(path: str, root: str) -> str:
     return real
 
 
+def s3_client(cfg: StorageConfig | None = None):
+    """A boto3 S3 client for what pyarrow.fs cannot do (conditional puts, ETag listings), with the
+    same endpoint, region and standard-mode retries as the pyarrow filesystem."""
+    import boto3
+    from botocore.config import Config
+
+    cfg = cfg or StorageConfig()
+    return boto3.client("s3", endpoint_url=_endpoint(cfg), region_name=cfg.s3_region,
+                        config=Config(retries={"max_attempts": cfg.s3_max_attempts, "mode": "standard"}))
+
+
 def filesystem_for(uri: str, cfg: StorageConfig | None = None) -> Location:
     """Resolve ``uri`` to a pyarrow filesystem and path. HTTP URIs cannot be resolved (read-only).
 

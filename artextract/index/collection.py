@@ -31,13 +31,9 @@ SNAPSHOT = "collection.parquet"
 def s3_etags(uri: str, cfg: StorageConfig) -> dict[str, str]:
     """``bucket/key`` -> ETag (quotes stripped) of every object under an s3:// prefix (boto3
     listing: pyarrow's FileInfo does not expose ETags)."""
-    import boto3
-    from botocore.config import Config
-
     loc = storage.filesystem_for(uri, cfg)
     bucket, _, prefix = loc.path.partition("/")
-    client = boto3.client("s3", endpoint_url=storage._endpoint(cfg), region_name=cfg.s3_region,
-                          config=Config(retries={"max_attempts": cfg.s3_max_attempts, "mode": "standard"}))
+    client = storage.s3_client(cfg)
     out: dict[str, str] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
         for obj in page.get("Contents", []):

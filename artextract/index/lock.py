@@ -30,13 +30,6 @@ def _lock_uri(out_uri: str) -> str:
     return storage.join(out_uri, "LOCK")
 
 
-def _s3_client(cfg: StorageConfig | None):
-    import boto3
-
-    cfg = cfg or StorageConfig()
-    return boto3.client("s3", endpoint_url=storage._endpoint(cfg), region_name=cfg.s3_region)
-
-
 def _create(uri: str, body: bytes, cfg: StorageConfig | None) -> bool:
     """Create the lock object only if absent; False when it already exists."""
     loc = storage.filesystem_for(uri, cfg)
@@ -53,7 +46,7 @@ def _create(uri: str, body: bytes, cfg: StorageConfig | None) -> bool:
 
     bucket, _, key = loc.path.partition("/")
     try:
-        _s3_client(cfg).put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+        storage.s3_client(cfg).put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
             return False

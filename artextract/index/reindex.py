@@ -124,7 +124,7 @@ def _prune_deltas(cfg: ReindexConfig, keep_id: str) -> list[str]:
     return doomed
 
 
-def _publish(cfg: ReindexConfig, cur: int | None, full: bool, added: pa.Table | None, removed: list[V.Key],
+def _publish(cfg: ReindexConfig, full: bool, added: pa.Table | None, removed: list[V.Key],
              snapshot: pa.Table, record: dict[str, Any]) -> dict[str, Any]:
     """Build or update the index with the snapshot written into the version before it is published."""
     from artextract.index.build import build_index
@@ -191,7 +191,7 @@ def run(cfg: ReindexConfig) -> dict[str, Any]:
         job.lap("process")
         removed = [] if full else C.keys_of_images(cfg.index, cur, d.changed + d.deleted, cfg.storage)
         snapshot = C.next_snapshot(now, previous, redo, did)
-        manifest = _publish(cfg, cur, full, added, removed, snapshot, record)
+        manifest = _publish(cfg, full, added, removed, snapshot, record)
         job.lap("publish")
         version = int(manifest["version"])
         pruned = _prune_deltas(cfg, did or "")
