@@ -13,6 +13,7 @@ from artextract import storage
 from artextract.index import build as B
 from artextract.index import lock as L
 from artextract.index import versions as V
+from artextract.index.segments import homes
 from artextract.index import (ChecksumError, IndexReader, LockError, build_index, exact_search,
                               rollback, torch_exact_search, update_index)
 
@@ -90,13 +91,17 @@ def test_ivf_recall_recorded(tmp_path, data, queries):
     assert B.choose_factory(1000) == "Flat" and B.choose_factory(1_000_000) == "IVF4000,Flat"
 
 
-def test_update_equals_rebuild(tmp_path, data, queries):
+@pytest.mark.parametrize("compact_ratio", [0.0, 10.0], ids=["compact", "delta"])
+def test_update_equals_rebuild(tmp_path, data, queries, compact_ratio):
     a, b = data.slice(0, 2500), make_table(300, seed=3, start=10_000)
     removed = keys_of(data)[100:400:2]
     idx = str(tmp_path / "idx")
     build_index(a, idx, shards=4)
-    m = update_index(idx, add_embeddings=b, remove_keys=removed + [("no-such-image", -1)])
+    m = update_index(idx, add_embeddings=b, remove_keys=removed + [("no-such-image", -1)],
+                     compact_ratio=compact_ratio)
     assert m["version"] == 2 and m["parent"] == 1 and m["update"]["removed_rows"] == len(removed)
+    mode = "compacted_shards" if compact_ratio == 0 else "delta_shards"
+    assert m["update"][mode] == [0, 1, 2, 3]
     expected = pa.concat_tables([a, b])
     gone = set(removed)
     expected = expected.filter(pa.array([k not in gone for k in keys_of(expected)]))
@@ -106,13 +111,50 @@ def test_update_equals_rebuild(tmp_path, data, queries):
     s2, k2 = IndexReader(str(tmp_path / "full")).search(queries, 10)
     assert k1 == k2
     np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-6)
-    # Copy-on-write: only a shard touched by the update is rewritten.
+    assert sorted(IndexReader(idx).keys_of_image(keys_of(b)[0][0])) == [keys_of(b)[0]]
+    # Only the shard owning the one removed key changes; the others are referred to unchanged.
     only = [k for k in keys_of(b)[:1]]
     shard = V.key_id(*only[0]) % 4
-    m3 = update_index(idx, remove_keys=only)
-    assert m3["update"]["rewritten_shards"] == [shard]
+    m3 = update_index(idx, remove_keys=only, compact_ratio=compact_ratio)
+    assert m3["update"]["touched_shards"] == [shard] and m3["update"]["removed_rows"] == 1
     for old, new in zip(m["shards"], m3["shards"]):
-        assert (old["sha256"] == new["sha256"]) == (old["shard"] != shard)
+        same = {k: v for k, v in old.items() if k != "home"} == {k: v for k, v in new.items() if k != "home"}
+        assert same == (old["shard"] != shard)
+        assert same <= (new["home"] == old.get("home", 2))
+
+
+def test_delta_segments_equal_compaction_on_ivf(tmp_path, data, queries):
+    """Delta segments share the build's quantizer, so base + delta searched at the same nprobe finds
+    exactly what the compacted shard finds, through upserts, deletions from the delta and re-adds."""
+    a, b, c = data.slice(0, 2000), data.slice(2000, 300), data.slice(2300, 200)
+    idx = {mode: str(tmp_path / mode) for mode in ("delta", "compact")}
+    ratio = {"delta": 10.0, "compact": 0.0}
+    moved = a.slice(0, 5)
+    moved = moved.set_column(2, "vector", pa.FixedSizeListArray.from_arrays(
+        pa.array((-V.vectors_of(moved)).ravel()), D))
+    steps = [dict(add_embeddings=pa.concat_tables([b, moved]), remove_keys=keys_of(a)[10:60]),
+             dict(add_embeddings=c, remove_keys=keys_of(b)[:40] + keys_of(a)[60:70]),  # from delta and base
+             dict(add_embeddings=a.slice(10, 20), remove_keys=keys_of(c)[:5])]  # re-add tombstoned keys
+    for mode, uri in idx.items():
+        build_index(a, uri, shards=2, factory="IVF16,Flat", nprobe=3, keep=1)
+        for step in steps:
+            m = update_index(uri, compact_ratio=ratio[mode], keep=1, **step)
+    r_d, r_c = IndexReader(idx["delta"]), IndexReader(idx["compact"])
+    assert r_d.ntotal == r_c.ntotal == m["total"] == 2000 + 300 + 200 - 50 - 40 - 10 + 20 - 5
+    assert all(e.get("delta") and e.get("tombstones") for e in V.read_manifest(idx["delta"])["shards"])
+    for nprobe in (1, 3, 16):
+        s_d, k_d = r_d.search(queries, 10, nprobe)
+        s_c, k_c = r_c.search(queries, 10, nprobe)
+        assert k_d == k_c
+        np.testing.assert_allclose(s_d, s_c, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(r_d.reconstruct(keys_of(moved)), V.vectors_of(moved), atol=1e-6)  # upserted
+    # keep=1, yet the build stays: the published version's base shards live in it. Compacting
+    # releases it; the results do not change.
+    assert V.list_versions(idx["delta"]) == [1, 4]
+    m = update_index(idx["delta"], compact=True, keep=1)
+    assert m["update"]["compacted_shards"] == [0, 1] and V.list_versions(idx["delta"]) == [5]
+    assert not any(e.get("delta") or e.get("tombstones") for e in m["shards"])
+    assert IndexReader(idx["delta"]).search(queries, 10, 3)[1] == r_c.search(queries, 10, 3)[1]
 
 
 def test_crash_before_publish_keeps_old_version(tmp_path, data, queries, monkeypatch):
@@ -166,8 +208,9 @@ def test_checksum_mismatch_detected(tmp_path, data):
     open(shard, "wb").write(bytes(blob))
     with pytest.raises(ChecksumError, match="part-00001.faiss"):
         IndexReader(idx)
+    # A delta update reads only the shard's id map; compacting reads (and checks) its index file too.
     with pytest.raises(ChecksumError):
-        update_index(idx, remove_keys=[k for k in keys_of(data)[:500] if V.key_id(*k) % 2 == 1][:1])
+        update_index(idx, remove_keys=[k for k in keys_of(data)[:500] if V.key_id(*k) % 2 == 1][:1], compact=True)
 
 
 def test_prune_and_rollback(tmp_path, data, queries):
@@ -212,10 +255,11 @@ def test_s3_build_update_search(s3_bucket, s3_storage, data, queries):
     L.release(idx, token, s3_storage)
     m2 = update_index(idx, remove_keys=keys_of(data)[:2], storage_cfg=s3_storage)
     assert m2["total"] == 1198 and V.current_version(idx, s3_storage) == 2
-    assert len(m2["update"]["copied_shards"]) >= 1
+    assert len(m2["update"]["unchanged_shards"]) >= 1
     assert IndexReader(idx, s3_storage).ntotal == 1198
-    update_index(idx, remove_keys=keys_of(data)[2:4], storage_cfg=s3_storage, keep=1)
-    assert V.list_versions(idx, s3_storage) == [3]
+    m3 = update_index(idx, remove_keys=keys_of(data)[2:4], storage_cfg=s3_storage, keep=1)
+    # keep=1 leaves version 3 and the versions holding files it uses (1's base shards, tombstones)
+    assert V.list_versions(idx, s3_storage) == sorted(homes(m3)) and homes(m3) >= {1, 3}
     assert IndexReader(idx, s3_storage).ntotal == 1196
 
 

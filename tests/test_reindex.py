@@ -58,7 +58,7 @@ def runs(tmp_path_factory, s3_endpoint, ray_session):
     cfg = StorageConfig(s3_endpoint=s3_endpoint, s3_region="us-east-1", s3_max_attempts=2)
     coll, index = f"s3://{bucket}/collection", f"s3://{bucket}/index"
     args = ["reindex", "--collection", coll, "--index", index, "--s3-endpoint", s3_endpoint,
-            "storage.s3_region=us-east-1", *FAST]
+            "storage.s3_region=us-east-1", "compact_ratio=10", *FAST]  # updates stay delta segments
     files = dict(_file(n) for n in FIRST)
     for fn, data in files.items():
         client.put_object(Bucket=bucket, Key=f"collection/{fn}", Body=data)
@@ -130,6 +130,7 @@ def test_crash_before_publish_keeps_old_version_and_rerun_resumes(runs):
     assert (third["new"], third["changed"], third["deleted"]) == (len(ADDED), 1, 1)
     assert third["processed"] == len(ADDED) + 1  # only the new and changed images were preprocessed
     assert third["incomplete_versions_removed"] == 1  # the crashed run's unpublished shards
+    assert third["compacted_shards"] == []
     # The rerun found the crashed run's delta outputs and redid nothing.
     assert runs["delta_preprocess"]["counts"]["shards_written_now"] == 0
 
@@ -137,6 +138,9 @@ def test_crash_before_publish_keeps_old_version_and_rerun_resumes(runs):
 def test_incremental_equals_fresh_build(runs):
     inc = IndexReader(runs["index"], runs["cfg"])
     ref = IndexReader(runs["ref_index"])
+    # The incremental version is base shards of version 1 + delta segments + tombstones.
+    assert {e["home"] for e in inc.manifest["shards"]} == {1}
+    assert any(e.get("delta") for e in inc.manifest["shards"]) and any(e.get("tombstones") for e in inc.manifest["shards"])
     a, b = _vectors(inc), _vectors(ref)
     assert set(a) == set(b) and len(a) == runs["ref_summary"]["counts"]["index_vectors"]
     assert not any(k[0] == Path(samples.CASES[DELETED][0]).stem for k in a)

@@ -66,7 +66,12 @@ class ReindexConfig(Strict):
     embed: ReindexEmbedConfig = ReindexEmbedConfig()
     build: ReindexIndexConfig = ReindexIndexConfig()
     rebuild: bool = Field(False, description="process the whole collection and build a fresh index")
-    keep: int = Field(3, ge=1, description="index versions kept (the published one is never pruned)")
+    keep: int = Field(3, ge=1, description="index versions kept (the published one is never pruned; "
+                      "older versions whose base shards a kept version still uses stay too)")
+    compact_ratio: float = Field(0.1, ge=0, description="an update writes a shard's changes as a delta "
+                                 "segment + tombstones until they exceed this fraction of its base, "
+                                 "then rewrites (compacts) that shard; 0 always compacts")
+    compact: bool = Field(False, description="compact every shard that has a delta or tombstones")
     force_lock: bool = Field(False, description="break a LOCK older than stale_lock_s left by a crash")
     stale_lock_s: float = Field(6 * 3600.0, gt=0, description="a reindex holds the lock for its whole "
                                 "run (preprocess and embed included), hence longer than an index build")

@@ -21,6 +21,7 @@ from artextract.config import StorageConfig
 from artextract.index import versions as V
 from artextract.index.lock import index_lock
 from artextract.index.search import METRICS, exact_search, search_shards
+from artextract.index.segments import write_template
 
 FLAT_THRESHOLD = 50_000
 
@@ -139,7 +140,10 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
                                storage_cfg) for s, (p, blob) in enumerate(zip(parts, blobs))]
         indexes = [faiss.deserialize_index(np.frombuffer(b, dtype=np.uint8)) for b in blobs]
         manifest = {
-            "shards": entries, "num_shards": shards, "counts": [e["count"] for e in entries],
+            "shards": entries, "num_shards": shards,
+            # the trained empty index: updates add new vectors to copies of it (segments.py)
+            "template": write_template(out_uri, version, template, storage_cfg),
+            "counts": [e["count"] for e in entries],
             "total": int(len(ids)), "dim": int(vectors.shape[1]), "metric": metric,
             "factory": effective_factory(factory), "nprobe": nprobe,
             "model_versions": V.model_versions(table), "parent": None,

@@ -133,14 +133,14 @@ def write_snapshot(index_uri: str, version: int, table: pa.Table, cfg: StorageCo
 
 def keys_of_images(index_uri: str, version: int, image_ids: list[str], cfg: StorageConfig) -> list[V.Key]:
     """Every (image_id, face_idx) the index version holds for ``image_ids`` (from the id maps)."""
-    from artextract.index.search import load_ids
+    from artextract.index.segments import load_live_ids
 
     if not image_ids:
         return []
     wanted = pa.array(sorted(set(image_ids)), pa.string())
     keys: list[V.Key] = []
     for entry in V.read_manifest(index_uri, version, cfg)["shards"]:
-        ids = load_ids(index_uri, version, entry, cfg)
+        ids = load_live_ids(index_uri, version, entry, cfg)
         hit = ids.filter(pc.is_in(ids["image_id"], value_set=wanted))
         keys.extend(zip(hit["image_id"].to_pylist(), np.asarray(hit["face_idx"], dtype=int).tolist()))
     return sorted(keys)

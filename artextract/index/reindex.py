@@ -4,12 +4,14 @@ One run, all under the index's writer LOCK (a concurrent run exits with LockErro
 
 1. list the collection (folder ingest; S3 ETags) and diff it against the snapshot stored with the
    published version (collection.py): new, changed, deleted;
-2. nothing changed -> no new version, the summary says so;
+2. nothing changed -> no new version, the summary says so (unless ``compact=true``, which then
+   only compacts the shards' delta segments);
 3. the new + changed images go through preprocess -> embed in a *delta* work directory named by a
    fingerprint of those rows and of the settings, so a rerun after a crash finds the same
    directory and both stages skip their finished shards;
 4. an update (update.py) removes every key of the changed and deleted images and adds the new
-   vectors, rewriting only the shards that own them; the first run, or ``rebuild=true``, builds
+   vectors as delta segments + tombstones of the shards that own them (segments.py; a shard is
+   compacted once they pass ``compact_ratio`` of its base); the first run, or ``rebuild=true``, builds
    the index from the whole collection instead;
 5. the new snapshot is written into the version directory *before* CURRENT moves, so readers see
    the old version or the new one (with its snapshot), never a mix; the last ``keep`` versions
@@ -146,7 +148,7 @@ def _publish(cfg: ReindexConfig, full: bool, added: pa.Table | None, removed: li
                            recall_queries=b.recall_queries, seed=b.seed, locked=True, extra=extra,
                            before_publish=before_publish)
     return update_index(cfg.index, added, removed, cfg.storage, keep=cfg.keep, locked=True, extra=extra,
-                        before_publish=before_publish)
+                        before_publish=before_publish, compact_ratio=cfg.compact_ratio, compact=cfg.compact)
 
 
 def run(cfg: ReindexConfig) -> dict[str, Any]:
@@ -178,7 +180,7 @@ def run(cfg: ReindexConfig) -> dict[str, Any]:
                                   "incomplete_versions_removed": len(incomplete),
                                   "skipped_other_files": ingest_counts.get("skipped_other_files", 0)}
         log.info("reindex %s: %s", cfg.collection, d.counts())
-        if d.empty and not full:
+        if d.empty and not full and not cfg.compact:
             log.info("reindex: nothing changed since version %s; no new version", cur)
             return job.finish({**counts, "status": "unchanged", "index_version": cur},
                               message=f"nothing changed since version {cur}")
@@ -195,7 +197,9 @@ def run(cfg: ReindexConfig) -> dict[str, Any]:
         job.lap("publish")
         version = int(manifest["version"])
         pruned = _prune_deltas(cfg, did or "")
-        counts.update(pcounts, status="built" if full else "updated", index_version=version, delta=did,
+        status = "built" if full else "updated" if not d.empty else "compacted"
+        counts.update(pcounts, status=status, index_version=version, delta=did,
+                      compacted_shards=manifest.get("update", {}).get("compacted_shards", []),
                       vectors_added=0 if added is None else len(added), vectors_removed=len(removed),
                       index_vectors=manifest["total"], deltas_pruned=len(pruned))
         summary = job.finish(counts, version_dir=V.version_dir(cfg.index, version))

@@ -12,12 +12,11 @@ from typing import Any
 
 import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from artextract import storage
 from artextract.config import StorageConfig
 from artextract.index import versions as V
+# load_shard / load_ids are re-exported: callers read base files through this module.
+from artextract.index.segments import load_ids, load_live_ids, load_live_index, load_shard  # noqa: F401
 
 log = logging.getLogger(__name__)
 ChecksumError = V.ChecksumError
@@ -137,27 +136,6 @@ def search_shards(indexes: list[faiss.Index], queries: np.ndarray, k: int, metri
     return merge_topk(per_s, per_i, k, metric)
 
 
-def load_shard(out_uri: str, version: int, entry: dict[str, Any], cfg: StorageConfig | None = None,
-               verify: bool = True) -> tuple[faiss.Index, bytes]:
-    """Read one shard's index file (checking its sha256) and deserialize it."""
-    uri = storage.join(V.version_dir(out_uri, version), entry["index"])
-    data = storage.read_bytes(uri, cfg)
-    if verify and V.sha256(data) != entry["sha256"]:
-        raise ChecksumError(f"checksum mismatch for {uri}: expected {entry['sha256']}, got {V.sha256(data)}")
-    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), data
-
-
-def load_ids(out_uri: str, version: int, entry: dict[str, Any], cfg: StorageConfig | None = None,
-             verify: bool = True) -> pa.Table:
-    """Read one shard's id map table (id, image_id, face_idx), checking its sha256."""
-    uri = storage.join(V.version_dir(out_uri, version), entry["ids"])
-    data = storage.read_bytes(uri, cfg)
-    if verify and V.sha256(data) != entry["ids_sha256"]:
-        raise ChecksumError(f"checksum mismatch for {uri}: expected {entry['ids_sha256']}, got {V.sha256(data)}")
-    return pq.read_table(pa.BufferReader(data))
-
-
-
 def reconstruct_ids(index: faiss.Index, ids: list[int]) -> np.ndarray:
     """Stored vectors of ``ids`` from one shard (IVF gets a hashtable direct map first); raises
     RuntimeError where the index type cannot reconstruct."""
@@ -184,7 +162,7 @@ class ShardSearcher:
                  nprobe: int | None = None, verify: bool = True, device: str = "cpu"):
         if device not in ("cpu", "auto"):
             raise ValueError(f"device must be 'cpu' or 'auto', not {device!r}")
-        self.index, _ = load_shard(out_uri, version, entry, storage_cfg, verify)
+        self.index = load_live_index(out_uri, version, entry, storage_cfg, verify)
         self.metric = "ip" if self.index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
         self.nprobe = nprobe
         set_nprobe(self.index, nprobe)
@@ -257,7 +235,7 @@ class BaseIndexReader(ABC):
         self.nprobe = nprobe if nprobe is not None else self.manifest.get("nprobe")
         ids, image_ids, faces = [], [], []
         for e in self.manifest["shards"]:
-            t = load_ids(out_uri, self.version, e, storage_cfg, verify)
+            t = load_live_ids(out_uri, self.version, e, storage_cfg, verify)
             ids.append(t["id"].to_numpy())
             image_ids.extend(t["image_id"].to_pylist())
             faces.append(t["face_idx"].to_numpy())

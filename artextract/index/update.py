@@ -1,12 +1,14 @@
 """Incremental update of a published index: add and/or remove keys, publish a new version.
 
-Copy-on-write: only the shards that own an added or removed id (``id % N``) are deserialized,
-edited (``remove_ids`` then ``add_with_ids`` on the copy) and written into the new version. The
-other shards are COPIED into the new version directory (a server-side CopyObject on S3, no
-download), byte-identical, checksums carried over. Copying rather than referencing the previous
-directory keeps every version self-contained, so pruning or rolling back never breaks another
-version. Adding an existing key replaces its vector (upsert). The coarse quantizer is not
-retrained: new vectors go to the existing IVF lists (rebuild when the collection drifts).
+Only the shards that own an added or removed id (``id % N``) change, and those normally by a small
+*delta segment* (see segments.py): the new vectors go into a copy of the build's trained empty
+index, removed base ids into tombstones, and the shard's large base files stay where they are (the
+new version refers to them). Shards nobody touched are referred to as they are: an update writes
+bytes in proportion to the change, not to the index. When a shard's delta + tombstones pass
+``compact_ratio`` of its base, or ``compact=True``, the shard is compacted: base minus tombstones
+plus delta is written as a new base (``merge_from`` moves the codes as they are). Adding an
+existing key replaces its vector (upsert). The coarse quantizer is never retrained: new vectors go
+to the existing IVF lists (rebuild when the collection drifts).
 """
 from __future__ import annotations
 
@@ -20,14 +22,16 @@ import pyarrow as pa
 from artextract import storage
 from artextract.config import StorageConfig
 from artextract.index import versions as V
+from artextract.index import segments as S
 from artextract.index.build import ids_table, write_shard
 from artextract.index.lock import index_lock
-from artextract.index.search import load_ids, load_shard
+
+BASE_FIELDS = ("shard", "index", "ids", "sha256", "ids_sha256", "bytes", "home")
 
 
-def _edit_shard(index: faiss.Index, ids: pa.Table, drop: np.ndarray, add_vec: np.ndarray, add_ids: np.ndarray,
-                add_image_ids: list[str], add_faces: np.ndarray) -> tuple[bytes, pa.Table, int]:
-    """Remove ``drop`` ids, add new rows; returns (serialized index, new id map, rows removed)."""
+def _edit(index: faiss.Index, ids: pa.Table, drop: np.ndarray, add_vec: np.ndarray, add_ids: np.ndarray,
+          add_image_ids: list[str], add_faces: np.ndarray) -> tuple[pa.Table, int]:
+    """Remove ``drop`` ids from ``index`` and add new rows (in place); returns (new id map, rows removed)."""
     old_ids = ids["id"].to_numpy()
     present = np.isin(old_ids, drop)
     removed = int(index.remove_ids(np.ascontiguousarray(drop, dtype=np.int64))) if len(drop) else 0
@@ -39,19 +43,58 @@ def _edit_shard(index: faiss.Index, ids: pa.Table, drop: np.ndarray, add_vec: np
     merged_ids = np.concatenate([keep["id"].to_numpy(), add_ids])
     merged_img = keep["image_id"].to_pylist() + list(add_image_ids)
     merged_faces = np.concatenate([keep["face_idx"].to_numpy(), add_faces]).astype(np.int16)
-    return faiss.serialize_index(index).tobytes(), ids_table(merged_ids, merged_img, merged_faces), removed
+    return ids_table(merged_ids, merged_img, merged_faces), removed
+
+
+def _update_shard(out_uri: str, cur: int, version: int, entry: dict[str, Any], drop: np.ndarray,
+                  add: tuple[np.ndarray, np.ndarray, list[str], np.ndarray], template: bytes,
+                  compact: bool, compact_ratio: float, cfg: StorageConfig | None) -> tuple[dict[str, Any], int, bool]:
+    """One touched shard: (new entry, rows removed, compacted?)."""
+    base_ids = S.load_ids(out_uri, cur, entry, cfg)
+    dead = S.load_tombstones(out_uri, cur, entry, cfg)
+    base_drop = np.intersect1d(drop, np.setdiff1d(base_ids["id"].to_numpy(), dead))
+    dead = np.union1d(dead, base_drop)
+    if entry.get("delta"):
+        delta, _ = S.load_shard(out_uri, cur, entry["delta"], cfg)
+        delta_ids = S.load_ids(out_uri, cur, entry["delta"], cfg)
+    else:
+        delta = faiss.deserialize_index(np.frombuffer(template, dtype=np.uint8))
+        delta_ids = V.IDS_SCHEMA.empty_table()
+    delta_ids, removed = _edit(delta, delta_ids, drop, *add)
+    removed += len(base_drop)
+    base_count = int(entry.get("base_count", entry["count"]))
+    s = int(entry["shard"])
+    if compact or len(delta_ids) + len(dead) > compact_ratio * max(base_count, 1):
+        base, _ = S.load_shard(out_uri, cur, entry, cfg)
+        live, _ = _edit(base, base_ids, dead, np.zeros((0, base.d), np.float32), np.zeros(0, np.int64), [],
+                        np.zeros(0, np.int16))
+        base.merge_from(delta, 0)
+        table = pa.concat_tables([live, delta_ids]).sort_by("id")
+        new = write_shard(out_uri, version, s, faiss.serialize_index(base).tobytes(), table, cfg)
+        return {**new, "home": version, "base_count": new["count"]}, removed, True
+    new = {k: entry[k] for k in BASE_FIELDS}
+    new["base_count"] = base_count
+    if len(delta_ids):
+        new["delta"] = S.write_delta(out_uri, version, s, delta, delta_ids, cfg)
+    if len(dead):
+        new["tombstones"] = S.write_tombstones(out_uri, version, s, dead, cfg)
+    new["count"] = base_count - len(dead) + len(delta_ids)
+    return new, removed, False
 
 
 def update_index(out_uri: str, add_embeddings: pa.Table | None = None,
                  remove_keys: Iterable[tuple[str, int]] = (), storage_cfg: StorageConfig | None = None,
                  keep: int = 3, force: bool = False, stale_after_s: float = 3600.0, locked: bool = False,
-                 extra: dict[str, Any] | None = None,
-                 before_publish: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Publish a new version = CURRENT + ``add_embeddings`` - ``remove_keys``, rewriting only the
-    affected shards; holds ``out_uri/LOCK`` throughout (LockError if another writer holds it;
+                 extra: dict[str, Any] | None = None, before_publish: Callable[[int], None] | None = None,
+                 compact_ratio: float = 0.1, compact: bool = False) -> dict[str, Any]:
+    """Publish a new version = CURRENT + ``add_embeddings`` - ``remove_keys``, writing only delta
+    segments of the touched shards (module doc; ``compact=True`` compacts every shard that has a
+    delta or tombstones); holds ``out_uri/LOCK`` throughout (LockError if another writer holds it;
     ``force=True`` breaks a lock older than ``stale_after_s``) unless ``locked`` says the caller
     holds it. ``extra`` keys go into index.json; ``before_publish(version)`` may write more files
     into the new version directory before it becomes visible. Returns the new index.json."""
+    if compact_ratio < 0:
+        raise ValueError("compact_ratio must be >= 0")
     guard = nullcontext() if locked else index_lock(out_uri, storage_cfg, owner="update_index", force=force,
                                                     stale_after_s=stale_after_s)
     with guard:
@@ -71,34 +114,38 @@ def update_index(out_uri: str, add_embeddings: pa.Table | None = None,
             add_faces, new_models = np.zeros(0, np.int16), []
         rm = list(remove_keys)
         rm_ids = np.unique(V.key_ids([k[0] for k in rm], [k[1] for k in rm])) if rm else np.zeros(0, np.int64)
-        affected = sorted(set((add_ids % n).tolist()) | set((rm_ids % n).tolist()))
+        touched = set((add_ids % n).tolist()) | set((rm_ids % n).tolist())
+        if compact:
+            touched |= {int(e["shard"]) for e in old["shards"] if e.get("delta") or e.get("tombstones")}
         version = V.next_version(out_uri, storage_cfg)
-        src_dir, dst_dir = V.version_dir(out_uri, cur), V.version_dir(out_uri, version)
-        entries, removed = [], 0
+        template = S.read_template(out_uri, cur, old, storage_cfg)  # small: copied into every version
+        entries, removed, compacted = [], 0, []
         for entry in old["shards"]:
-            s = int(entry["shard"])
-            if s not in affected:
-                for rel in (entry["index"], entry["ids"]):
-                    V.copy_file(storage.join(src_dir, rel), storage.join(dst_dir, rel), storage_cfg)
-                entries.append(dict(entry))
+            entry, s = S.with_home(entry, cur), int(entry["shard"])
+            if s not in touched:  # referred to as it is: nothing read, nothing written
+                entries.append(entry)
                 continue
-            index, _ = load_shard(out_uri, cur, entry, storage_cfg)
-            ids = load_ids(out_uri, cur, entry, storage_cfg)
             mine = np.flatnonzero(add_ids % n == s)
             # Upsert: an added key that already exists is removed first.
             drop = np.union1d(rm_ids[rm_ids % n == s], add_ids[mine])
-            blob, table, r = _edit_shard(index, ids, drop, add_vec[mine], add_ids[mine],
-                                         [add_img[i] for i in mine], add_faces[mine])
+            add = (add_vec[mine], add_ids[mine], [add_img[i] for i in mine], add_faces[mine])
+            new, r, c = _update_shard(out_uri, cur, version, entry, drop, add, template, compact, compact_ratio,
+                                      storage_cfg)
+            entries.append(new)
             removed += r
-            entries.append(write_shard(out_uri, version, s, blob, table, storage_cfg))
-        manifest = {k: v for k, v in old.items() if k not in ("version", "created")}
+            if c:
+                compacted.append(s)
+        manifest = {k: v for k, v in old.items() if k not in ("version", "created", "update")}
+        manifest["template"] = S.write_template(out_uri, version, template, storage_cfg)
         manifest.update(
             shards=entries, counts=[e["count"] for e in entries], total=int(sum(e["count"] for e in entries)),
             model_versions=sorted(set(old.get("model_versions", [])) | set(new_models)), parent=cur,
             recall_from_version=old.get("recall_from_version", cur),
             update={"added": int(len(add_ids)), "removed_rows": removed, "remove_requested": int(len(rm_ids)),
-                    "rewritten_shards": affected, "copied_shards": [e["shard"] for e in entries
-                                                                    if e["shard"] not in affected]},
+                    "touched_shards": sorted(touched), "compacted_shards": compacted,
+                    "delta_shards": sorted(touched - set(compacted)),
+                    "unchanged_shards": [e["shard"] for e in entries if e["shard"] not in touched],
+                    "compact_ratio": compact_ratio},
             **(extra or {}))
         if before_publish is not None:
             before_publish(version)

@@ -8,8 +8,8 @@ Layout under ``out_uri``::
     versions/v000007/shards/part-00000.faiss
     versions/v000007/shards/part-00000.ids.parquet   (id, image_id, face_idx)
 
-Every version directory is self-contained (updates copy unaffected shards), so pruning a version
-never breaks another one.
+A version may use shard files of an older version (its ``home``: the base shards under a delta
+update, see segments.py); ``prune`` keeps such a version until no kept version refers to it.
 """
 from __future__ import annotations
 
@@ -146,12 +146,20 @@ def rollback(out_uri: str, version: int, cfg: StorageConfig | None = None) -> No
 
 
 def prune(out_uri: str, keep: int, cfg: StorageConfig | None = None) -> list[int]:
-    """Delete all but the ``keep`` highest versions (never the published one); returns the deleted."""
+    """Delete all but the ``keep`` highest versions (never the published one); returns the deleted.
+    A version whose files a kept version still uses (the base shards under a delta update, see
+    segments.py) stays until compaction or a rebuild releases it."""
+    from artextract.index.segments import homes
+
     if keep < 1:
         raise ValueError("keep must be >= 1")
     versions = list_versions(out_uri, cfg)
     cur = current_version(out_uri, cfg)
-    doomed = [v for v in versions[:-keep] if v != cur]
+    used: set[int] = set()
+    for v in {*versions[-keep:], *([cur] if cur is not None else [])}:
+        if storage.exists(storage.join(version_dir(out_uri, v), "index.json"), cfg):
+            used |= homes(read_manifest(out_uri, v, cfg))
+    doomed = [v for v in versions[:-keep] if v != cur and v not in used]
     for v in doomed:
         loc = storage.filesystem_for(version_dir(out_uri, v), cfg)
         loc.fs.delete_dir(loc.path)
