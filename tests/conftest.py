@@ -81,6 +81,24 @@ def ray_session(s3_endpoint):
 
 
 @pytest.fixture(scope="session")
+def demo_full(tmp_path_factory, ray_session) -> tuple[Path, str]:
+    """``artextract demo`` run ONCE for the session, every stage on (tiny training budgets):
+    (output dir, what it printed). test_demo checks the whole run; the preprocess and embed tests
+    read its ``preprocess/`` output instead of preprocessing the same collection again."""
+    import contextlib
+    import io
+
+    from artextract.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["demo", "--out", str(out), "classifier_epochs=2", "similarity_epochs=1"])
+    assert rc == 0, printed.getvalue()[-3000:]
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or skip the test when it is absent."""
     if not SHARED_DATA.is_dir():

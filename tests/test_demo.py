@@ -6,14 +6,10 @@ import json
 import pytest
 from PIL import Image
 
-from artextract.cli import main
-
 
 @pytest.mark.slow
-def test_demo_runs_every_stage(ray_session, tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "classifier_epochs=2", "similarity_epochs=1"]) == 0
-    printed = capsys.readouterr().out
+def test_demo_runs_every_stage(demo_full):
+    out, printed = demo_full
     assert "sample checks 22/22" in printed and "classifier" in printed and "query grid" in printed
     summary = json.loads((out / "summary.json").read_text())
     clf = summary["classifier"]

@@ -91,11 +91,9 @@ TINY = ["image_size=64", "dim=32", "batch_size=16", "shard_rows=8"]
 
 
 @pytest.fixture(scope="module")
-def demo(ray_session, tmp_path_factory):
-    """The demo collection ingested and preprocessed once (22 images, 15 ok, 14 faces)."""
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "classifier=false", "similarity=false"]) == 0
-    return out / "preprocess"
+def demo(demo_full):
+    """The demo collection as the session's demo run preprocessed it (22 images, 15 ok, 14 faces)."""
+    return demo_full[0] / "preprocess"
 
 
 def _embed(demo, out, what: str, *overrides: str) -> int:

@@ -14,12 +14,10 @@ from artextract.cli import main
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, ray_session):
-    """``artextract demo`` once for the module: generate, ingest, preprocess (shard_rows=8); the
-    training parts of the demo are test_demo's business."""
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "classifier=false", "similarity=false"]) == 0
-    return out
+def demo_run(demo_full):
+    """The session's ``artextract demo`` output (conftest): generated, ingested, preprocessed with
+    shard_rows=8; the training parts of the demo are test_demo's business."""
+    return demo_full[0]
 
 
 def _images(pre: Path | str, cfg=None):
