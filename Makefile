@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 FACENET := facenet-pytorch==2.6.0
 
-.PHONY: install demo test test-fast bench bench-classifier bench-similarity bench-serve bench-index bench-reliability bench-gpu clean
+.PHONY: install demo test test-fast bench bench-quick bench-preprocess bench-embed bench-train bench-classifier \
+	bench-similarity bench-serve bench-index bench-reliability bench-gpu clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,8 +31,26 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Every benchmark in one run (~1.5 h on 2 cores: the classifier and similarity training budgets are most
+# of it); rewrites docs/benchmarks.md with a Summary of every ratio, baselines measured in the same run.
 bench: install
+	$(BIN)/python -m artextract.bench.suite --out docs/benchmarks.md
+
+# The whole harness at tiny sizes (~4 min on 2 cores) into a temp file: a smoke test, numbers meaningless.
+bench-quick: install
+	$(BIN)/python -m artextract.bench.suite --quick
+
+# Preprocess only: naive loop vs Ray pipeline, local dir vs S3 over HTTP (cold starts, real NGA images).
+bench-preprocess: install
 	$(BIN)/python -m artextract.bench --out docs/benchmarks.md
+
+# Embed stage: Ray Data actor pool vs a plain PyTorch DataLoader loop, same model/crops/batch (~5 min).
+bench-embed: install
+	$(BIN)/python -m artextract.bench.embed --out docs/benchmarks.md
+
+# Classifier training throughput with Ray Train, 1 vs 2 CPU workers (gloo), same global batch (~5 min).
+bench-train: install
+	$(BIN)/python -m artextract.bench.train_scaling --out docs/benchmarks.md
 
 # WikiArt classifier: ~30 min training budget on CPU, then test-split evaluation and the classical baseline.
 bench-classifier: install

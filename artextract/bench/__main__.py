@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from artextract.bench import preprocess as bp
 
@@ -44,12 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
+    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.render:
         bench = bp.Bench.load(Path(args.render))
-        return _report(bench, Path(args.out or "docs/benchmarks.md"))
+        return _report(bench, Path(args.out or "docs/benchmarks.md"), sink)
     repeats = args.repeats or (1 if args.quick else 2)
     if repeats < 1 or (args.sweep_repeats is not None and args.sweep_repeats < 1):
         print("bench: --repeats and --sweep-repeats must be >= 1", file=sys.stderr)
@@ -57,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="artextract-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(args, argv, repeats, work)
+        return _run(args, argv, repeats, work, sink)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path) -> int:
+def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path,
+         sink: dict[str, Any] | None = None) -> int:
     if args.quick:
         from artextract.samples import CASES, write_collection
 
@@ -120,15 +123,17 @@ def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path) ->
     finally:
         if s3 is not None:
             s3.__exit__(None, None, None)
-    return _report(bench, out)
+    return _report(bench, out, sink)
 
 
-def _report(bench: bp.Bench, out: Path) -> int:
+def _report(bench: bp.Bench, out: Path, sink: dict[str, Any] | None = None) -> int:
     """Write the sections for what ``bench`` ran into ``out``; non-zero when a run failed."""
     sections = []
     main_variants = bench.variants(bench.meta.get("main"))
     if main_variants:
-        body, _ = bp.preprocess_section(bench, main_variants)
+        body, numbers = bp.preprocess_section(bench, main_variants)
+        if sink is not None:
+            sink.update(numbers=numbers, started=bench.meta["started"], quick=bench.meta.get("quick"))
         sections.append((bp.SECTION, body))
     sweep = bench.variants(bench.meta.get("sweep"))
     if sweep:

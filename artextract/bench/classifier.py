@@ -77,7 +77,8 @@ def _table(crnn: dict, base: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sink: dict | None = None) -> int:
+    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m artextract.bench.classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md")
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{_table(metrics, base)}\n\n"
         "Style balanced-accuracy target from scratch: >= 0.60. Published WikiArt results (ImageNet-pretrained, "
         f"full data, 27 styles): style 50-68%, genre 71-74%. Report: `{ev['report']}`.\n")
+    if sink is not None:
+        sink.update(crnn={t: metrics[t] for t in TASKS}, baseline=base, started=started)
     write_doc(Path(args.out), [(SECTION, body)])
     print(json.dumps({"crnn": {t: metrics[t] for t in TASKS}, "baseline": base}, indent=1, default=str)[:3000])
     return 0

@@ -236,7 +236,8 @@ def section(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
+    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m artextract.bench.gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cuda | cpu")
@@ -273,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"argv": " ".join(argv), "dry_run": args.dry_run, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "device_name": torch.cuda.get_device_name(device) if dev == "cuda" else "CPU"}
+    if sink is not None:
+        sink.update(meta=meta, results=results)
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
     if args.out:

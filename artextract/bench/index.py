@@ -244,16 +244,33 @@ class Bench:
             mu = update_index(out, add_embeddings=added, remove_keys=removed)
             upd = time.perf_counter() - t
             out2, _, full = self.build(factory, 4, nprobe, new_emb, out.rsplit("/", 1)[1] + "-rebuild")
-            ids_u = IndexReader(out).search_ids(q, K, nprobe or None)[1]
-            ids_r = IndexReader(out2).search_ids(q, K, nprobe or None)[1]
+            # Readers merge delta segments at load: that cost moves from the writer to every reader.
+            t = time.perf_counter()
+            reader_u = IndexReader(out)
+            load_u = time.perf_counter() - t
+            t = time.perf_counter()
+            reader_r = IndexReader(out2)
+            load_r = time.perf_counter() - t
+            ids_u = reader_u.search_ids(q, K, nprobe or None)[1]
+            ids_r = reader_r.search_ids(q, K, nprobe or None)[1]
+            del reader_u, reader_r
+            t = time.perf_counter()
+            mc = update_index(out, compact=True)
+            compact_s = time.perf_counter() - t
+            ids_c = IndexReader(out).search_ids(q, K, nprobe or None)[1]
+            u = mu["update"]
+            written = sum(e["delta"]["bytes"] for e in mu["shards"] if e.get("delta"))
             row = {"factory": factory, "nprobe": nprobe, "update_s": upd, "rebuild_s": full, "ratio": upd / full,
-                   "rewritten": len(mu["update"]["rewritten_shards"]), "shards": mu["num_shards"],
-                   "total": mu["total"], "identical": float((ids_u == ids_r).all(1).mean()),
-                   "overlap": recall(ids_u, ids_r), "recall_update": recall(ids_u, truth),
-                   "recall_rebuild": recall(ids_r, truth)}
+                   "delta": len(u["delta_shards"]), "compacted": len(u["compacted_shards"]),
+                   "shards": mu["num_shards"], "delta_bytes": written, "load_update_s": load_u,
+                   "load_rebuild_s": load_r, "compact_s": compact_s, "total": mu["total"],
+                   "identical": float((ids_u == ids_r).all(1).mean()), "overlap": recall(ids_u, ids_r),
+                   "compact_identical": float((ids_u == ids_c).all(1).mean()) if mc["total"] == mu["total"] else 0.0,
+                   "recall_update": recall(ids_u, truth), "recall_rebuild": recall(ids_r, truth)}
             self.res["reindex"].append(row)
             self.log(f"reindex {factory}: update {upd:.1f}s vs rebuild {full:.1f}s ({row['ratio']:.1%}); "
-                     f"identical top-{K} {row['identical']:.1%}, overlap {row['overlap']:.4f}")
+                     f"identical top-{K} {row['identical']:.1%}, overlap {row['overlap']:.4f}; reader load "
+                     f"{load_u:.1f}s vs {load_r:.1f}s; compaction {compact_s:.1f}s")
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(out2, ignore_errors=True)
         self.phase("reindex", t0)
@@ -299,7 +316,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
+    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.exact_queries = min(args.exact_queries, args.queries)
@@ -335,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     meta.update(wall_s=time.perf_counter() - log.t0, gpu=g["device"] if g else None,
                 peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)  # KiB on Linux
     meta["loads"][1] = os.getloadavg()[0]
+    if sink is not None:
+        sink.update(res=bench.res, meta=meta)
     body = section(bench.res, meta)
     write_section(Path(args.out), args.n, args.dim, body)
     print(body)

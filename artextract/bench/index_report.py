@@ -50,17 +50,18 @@ def _verdict_ivf(rows: list[dict[str, Any]], goal_recall: float, goal_speedup: f
 
 def _reindex_note(rows: list[dict[str, Any]], goal: float) -> str:
     met = [r["factory"] for r in rows if r["ratio"] <= goal]
-    rewritten = sorted({f"{r['rewritten']}/{r['shards']}" for r in rows})
     return (f"Goal update <= {goal:.0%} of a full rebuild: {'met by ' + ', '.join(met) if met else 'met by none'}. "
-            f"Shards are chosen by id hash (`id % N`), so the +1% random keys touched {', '.join(rewritten)} shards "
-            "and copy-on-write had nothing to copy: each touched shard is read, checksummed, deserialised, "
-            "edited (`remove_ids` scans the whole shard), serialised, hashed and written. An update therefore "
-            "costs about one pass over the index bytes, whatever the type. A full rebuild costs reading all "
-            "embeddings plus adding every vector, plus for IVF the k-means training and the assignment of every "
-            "vector to a list, plus for PQ the codebook training and encoding; so the ratio is largest for Flat "
-            "(rebuild = add + write) and smallest for PQ (small files, expensive rebuild). The update keeps the "
-            "old centroids and codebooks while the rebuild retrains them on a new sample, so approximate results "
-            "differ by the id overlap shown; compare their recall against the exact ground truth.")
+            "Shards are chosen by id hash (`id % N`), so +1% random keys touch every shard; the update writes "
+            "each touched shard's changes as a *delta segment* (the new vectors in a copy of the build's trained "
+            "empty index) plus tombstones (removed base ids), and refers to the unchanged base files of the "
+            "previous version instead of reading or copying them (`artextract/index/segments.py`). It reads the "
+            "shards' id maps, not their vectors. Readers merge the segments when they load a version "
+            "(`remove_ids` + `merge_from`), so part of the cost moves to loading (*reader load*); a shard is "
+            "compacted into a new base once delta + tombstones pass `compact_ratio` (10%) of it (*compaction*: "
+            "`update_index(compact=True)` of the same version). The update keeps the build's centroids and "
+            "codebooks while the rebuild retrains them on a new sample, so approximate results differ from the "
+            "rebuild by the id overlap shown; *identical after compaction* compares the delta version with its "
+            "compacted self (same quantizer: must be 100%).")
 
 
 def section(res: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -106,12 +107,15 @@ def section(res: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{meta['added']} new keys and removes {meta['removed']} (timed); a full `build_index` of the resulting "
             f"{res['reindex'][0]['total'] if res['reindex'] else '?'} vectors from their parquet shards (timed). "
             f"Neighbours of the {q} queries compared between the two and against a new exact ground truth.", "",
-            "| index (4 shards) | nprobe | update s | full rebuild s | update / rebuild | shards rewritten "
-            "| identical top-10 lists | id overlap | recall@10 update | recall@10 rebuild |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| index (4 shards) | nprobe | update s | full rebuild s | update / rebuild | delta segments "
+            "| delta MiB | reader load s: update / rebuild | compaction s | identical top-10 vs rebuild "
+            "| id overlap | identical after compaction | recall@10 update | recall@10 rebuild |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["reindex"]:
-        out.append(f"| {r['factory']} | {r['nprobe'] or '-'} | {r['update_s']:.1f} | {r['rebuild_s']:.1f} | "
-                   f"{r['ratio']:.1%} | {r['rewritten']}/{r['shards']} | {r['identical']:.1%} | {r['overlap']:.4f} | "
+        out.append(f"| {r['factory']} | {r['nprobe'] or '-'} | {r['update_s']:.2f} | {r['rebuild_s']:.1f} | "
+                   f"{r['ratio']:.1%} | {r['delta']}/{r['shards']} | {_mib(r['delta_bytes'])} | "
+                   f"{r['load_update_s']:.1f} / {r['load_rebuild_s']:.1f} | {r['compact_s']:.1f} | "
+                   f"{r['identical']:.1%} | {r['overlap']:.4f} | {r['compact_identical']:.1%} | "
                    f"{r['recall_update']:.4f} | {r['recall_rebuild']:.4f} |")
     out += ["", _reindex_note(res["reindex"], meta["goal_reindex"]), "", "**4. GPU vs CPU exact search**", ""]
     g = res.get("gpu")

@@ -627,8 +627,9 @@ def replace_section(text: str, title: str, body: str) -> str:
 
 HEADER = """# Benchmarks
 
-Numbers here come from `make bench` (`python -m artextract.bench`), with every baseline measured
-in the same run on the same machine. Tests never assert timings.
+Numbers here come from `make bench` (`python -m artextract.bench.suite`, ~1.5 h: every benchmark,
+then the Summary below), with every baseline measured in the same run on the same machine; a section
+can be refreshed alone with its `make bench-<name>`. Tests never assert timings.
 
 """
 

@@ -110,7 +110,8 @@ def section(results: list[dict[str, Any]], clean_rows: int, argv: list[str], sta
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
+    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m artextract.bench.reliability", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md")
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["compare"] = compare(clean, _rows(s3.endpoint, f"s3://reliability/faults{i}/pre"))
             print(json.dumps(r), flush=True)
             results.append(r)
+    if sink is not None:
+        sink.update(results=results, clean_rows=len(clean["images"]), started=started)
     write_doc(Path(args.out), [(SECTION, section(results, len(clean["images"]), argv, started))])
     print(f"wrote the {SECTION!r} section of {args.out}")
     return 0 if all(r["rc"] == 0 and not any(r["compare"].values()) for r in results) else 1

@@ -159,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
+    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
     args = _parser().parse_args(argv)
     t0 = time.perf_counter()
     log = lambda m: print(f"[bench-serve {time.perf_counter() - t0:6.1f}s] {m}", flush=True)  # noqa: E731
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
             res = run_bench(args.n, args.dim, args.queries, args.clients, args.shards, Path(tmp), log)
+    if sink is not None:
+        sink.update(res)
     title, body = section(res, args)
     out = Path(args.out)
     # replace the one web-latency section, whatever size it was run at

@@ -172,7 +172,8 @@ def _section(argv: list[str], started: str, res_nga: dict, res_wa: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sink: dict | None = None) -> int:
+    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m artextract.bench.similarity", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md")
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res_nga = nga(work, args.budget_s)
     res_wa = wikiart(work, args.budget_s)
+    if sink is not None:
+        sink.update(nga=res_nga, wikiart=res_wa, started=started)
     write_doc(Path(args.out), [(SECTION, _section(argv, started, res_nga, res_wa))])
     print(json.dumps({"nga": res_nga, "wikiart": res_wa}, indent=1, default=str))
     return 0
