@@ -627,9 +627,11 @@ def replace_section(text: str, title: str, body: str) -> str:
 
 HEADER = """# Benchmarks
 
-Numbers here come from `make bench` (`python -m artextract.bench.suite`, ~1.5 h: every benchmark,
-then the Summary below), with every baseline measured in the same run on the same machine; a section
-can be refreshed alone with its `make bench-<name>`. Tests never assert timings.
+Numbers here come from `make bench` (`python -m artextract.bench.suite`, ~35-45 min: every
+performance benchmark, then the Summary below) and from the model-quality benchmarks
+`make bench-classifier` and `make bench-similarity` (`make bench-all`: everything, ~1.5 h), with
+every baseline measured in the same run on the same machine; a section can be refreshed alone with
+its `make bench-<name>`. Tests never assert timings.
 
 """
 

@@ -158,7 +158,7 @@ def merge(old: list[dict[str, str]], new: list[dict[str, str]], ran: list[str], 
     kept = [r for r in old if r["benchmark"] not in ran]
     have = {r["benchmark"] for r in kept + new}
     # A benchmark with no row at all says so, instead of silently missing from the table.
-    missing = [status_row(k, "not run by this command: its section, if any, comes from its own make target", "–")
+    missing = [status_row(k, f"not run by this command: see its own section (`make bench-{k}`)", "–")
                for k in order if k not in have]
     rank = {k: i for i, k in enumerate(order)}
     return sorted(kept + new + missing, key=lambda r: rank.get(r["benchmark"], len(order)))

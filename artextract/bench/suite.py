@@ -6,10 +6,11 @@ row per headline ratio, every baseline measured in the same run. Why one harness
 meaningful when both sides ran on the same machine, the same day, from the same commit.
 
 Full sizes are each module's documented defaults (about 1.5 h in all on a 2-core machine, most of it
-the classifier and similarity training budgets). ``--quick`` runs tiny sizes (a smoke test of the
-whole harness, numbers meaningless) into a temporary file unless ``--out`` is given; the classifier
-and similarity benchmarks need the real data and minutes of training, so ``--quick`` records them as
-skipped. Benchmarks left out with ``--only``/``--skip`` keep their previous summary rows (their run
+the classifier and similarity training budgets; ``make bench`` skips those two model-quality
+benchmarks, which have their own targets, and takes ~45 min; ``make bench-all`` runs everything).
+``--quick`` runs tiny sizes (a smoke test of the whole harness, numbers meaningless) into a
+temporary file unless ``--out`` is given; the classifier and similarity benchmarks need the real
+data and minutes of training, so ``--quick`` records them as skipped. Benchmarks left out with ``--only``/``--skip`` keep their previous summary rows (their run
 date shows they are older). A failing benchmark is recorded with its reason; the others still run and
 the exit code is non-zero.
 """
