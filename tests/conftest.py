@@ -6,7 +6,9 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +106,36 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def faces_and_embeddings(uris: dict[str, str], root: Path, model: str, image_size: int, dim: int,
+                         whole: Callable[[str], bool] = lambda image_id: True,
+                         image_columns: tuple[str, ...] = ("image_id", "whole_jpeg")):
+    """What preprocess + embed make of ``uris`` (image_id -> file), by their Ray-free stages in this
+    process: ``root/pre`` (faces/, images/ with ``image_columns``) and ``root/emb`` (one vector per
+    face, plus the whole painting of the images ``whole`` accepts, and the embed run record).
+    Returns the FaceStage rows (image_id, n_faces, whole_jpeg, ...)."""
+    from artextract import storage
+    from artextract.config import DecodeConfig, EmbedConfig, FacesConfig, StorageConfig, save_resolved
+    from artextract.stages.embed import EmbedStage
+    from artextract.stages.faces import FaceStage
+    from artextract.stages.read import ReadDecodeStage
+    from artextract.stages.write import explode_faces
+
+    batch = ReadDecodeStage(DecodeConfig(), StorageConfig())(
+        {"image_id": np.array(list(uris), object), "uri": np.array(list(uris.values()), object)})
+    rows = FaceStage(FacesConfig(device="cpu"))(batch)
+    faces = explode_faces(rows["image_id"], rows["faces"], 160)
+    pre, emb = root / "pre", root / "emb"
+    storage.write_parquet(str(pre / "faces" / "part-00000.parquet"), faces)
+    storage.write_parquet(str(pre / "images" / "part-00000.parquet"), rows.select(list(image_columns)))
+    items = list(zip(*(faces[c].to_pylist() for c in ("image_id", "face_idx", "crop_jpeg"))))
+    items += [(i, -1, j) for i, j in zip(rows["image_id"].to_pylist(), rows["whole_jpeg"].to_pylist()) if whole(i)]
+    stage = EmbedStage(model, image_size=image_size, dim=dim, seed=0, device="cpu")
+    storage.write_parquet(str(emb / "part-00000.parquet"), stage(
+        {"image_id": [i for i, _, _ in items], "face_idx": [f for _, f, _ in items], "jpeg": [j for *_, j in items]}))
+    save_resolved(EmbedConfig(input=str(pre), out=str(emb), model=model, image_size=image_size, dim=dim), str(emb))
+    return rows
 
 
 def upload_dir(local: Path, bucket: str, prefix: str, endpoint: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from artextract import samples, storage
 from artextract.cli import main
-from artextract.config import ConfigError, DecodeConfig, EmbedConfig, FacesConfig, SearchConfig, StorageConfig
+from artextract.config import ConfigError, FacesConfig, SearchConfig
 from artextract.index import IndexReader, build_index
 
 D = 16
@@ -127,11 +127,7 @@ FACE_IMAGES = ("double_portrait", "astronaut", "landscape_1")
 def face_index(tmp_path_factory) -> dict[str, str]:
     """Images -> preprocess stages (ReadDecodeStage + FaceStage, i.e. the crops preprocess makes) ->
     EmbedStage vectors of every face and whole painting -> embed run record -> ``index build``."""
-    from artextract.config import save_resolved
-    from artextract.stages.embed import EmbedStage
-    from artextract.stages.faces import FaceStage
-    from artextract.stages.read import ReadDecodeStage
-    from artextract.stages.write import explode_faces
+    from conftest import faces_and_embeddings
 
     root = tmp_path_factory.mktemp("faces")
     uris = {}
@@ -139,20 +135,8 @@ def face_index(tmp_path_factory) -> dict[str, str]:
         fname, make, _ = samples.CASES[name]
         (root / fname).write_bytes(make())
         uris[name] = str(root / fname)
-    batch = ReadDecodeStage(DecodeConfig(), StorageConfig())(
-        {"image_id": np.array(list(uris), object), "uri": np.array(list(uris.values()), object)})
-    rows = FaceStage(FacesConfig(device="cpu"))(batch)
-    faces = explode_faces(rows["image_id"], rows["faces"], 160)
-    pre = root / "pre"
-    storage.write_parquet(str(pre / "faces" / "part-00000.parquet"), faces)
-    storage.write_parquet(str(pre / "images" / "part-00000.parquet"), rows.select(["image_id", "whole_jpeg"]))
-    stage = EmbedStage(MODEL, image_size=160, dim=256, seed=0, device="cpu")
-    items = [(i, f, j) for i, f, j in zip(*(faces[c].to_pylist() for c in ("image_id", "face_idx", "crop_jpeg")))]
-    items += [(i, -1, j) for i, j in zip(rows["image_id"].to_pylist(), rows["whole_jpeg"].to_pylist())]
-    emb = root / "emb"
-    storage.write_parquet(str(emb / "part-00000.parquet"), stage(
-        {"image_id": [i for i, _, _ in items], "face_idx": [f for _, f, _ in items], "jpeg": [j for *_, j in items]}))
-    save_resolved(EmbedConfig(input=str(pre), out=str(emb), model=MODEL), str(emb))
+    rows = faces_and_embeddings(uris, root, MODEL, image_size=160, dim=256)
+    pre, emb = root / "pre", root / "emb"
     idx = str(root / "idx")
     assert main(["index", "build", "--embeddings", str(emb), "--out", idx, "--shards", "2"]) == 0
     n_faces = {i: n for i, n in zip(rows["image_id"].to_pylist(), rows["n_faces"].to_pylist())}

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from artextract import samples, storage
-from artextract.config import DecodeConfig, EmbedConfig, FacesConfig, ServeConfig, StorageConfig, save_resolved
+from artextract.config import DecodeConfig, ServeConfig
 
 # starlette's TestClient prefers httpx2 but works with httpx (the dev extra): not our concern here
 pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
@@ -41,12 +41,10 @@ def build_small_index(tmp_path_factory) -> dict:
     done = root / "info.json"
     if done.exists():
         return json.loads(done.read_text())
-    from artextract.index.jobs import run_build
+    from conftest import faces_and_embeddings
+
     from artextract.config import IndexBuildConfig
-    from artextract.stages.embed import EmbedStage
-    from artextract.stages.faces import FaceStage
-    from artextract.stages.read import ReadDecodeStage
-    from artextract.stages.write import explode_faces
+    from artextract.index.jobs import run_build
 
     if root.exists():
         shutil.rmtree(root)
@@ -59,22 +57,11 @@ def build_small_index(tmp_path_factory) -> dict:
     for deg in (-25, 25):
         uris[f"astronaut_rot{deg}"] = str(root / "images" / f"astronaut_rot{deg}.jpg")
         Path(uris[f"astronaut_rot{deg}"]).write_bytes(_rotated(deg))
-    batch = ReadDecodeStage(DecodeConfig(), StorageConfig())(
-        {"image_id": np.array(list(uris), object), "uri": np.array(list(uris.values()), object)})
-    rows = FaceStage(FacesConfig(device="cpu"))(batch)
-    faces = explode_faces(rows["image_id"], rows["faces"], 160)
-    pre = root / "pre"
-    storage.write_parquet(str(pre / "faces" / "part-00000.parquet"), faces)
-    storage.write_parquet(str(pre / "images" / "part-00000.parquet"),
-                          rows.select(["image_id", "status", "whole_jpeg", "orig_width", "orig_height", "n_faces"]))
-    stage = EmbedStage(MODEL, image_size=64, dim=32, seed=0, device="cpu")
-    items = list(zip(*(faces[c].to_pylist() for c in ("image_id", "face_idx", "crop_jpeg"))))
-    items += [(i, -1, j) for i, j in zip(rows["image_id"].to_pylist(), rows["whole_jpeg"].to_pylist())
-              if i == "landscape_1"]  # the faceless painting is indexed whole
-    emb = root / "emb"
-    storage.write_parquet(str(emb / "part-00000.parquet"), stage(
-        {"image_id": [i for i, _, _ in items], "face_idx": [f for _, f, _ in items], "jpeg": [j for *_, j in items]}))
-    save_resolved(EmbedConfig(input=str(pre), out=str(emb), model=MODEL, image_size=64, dim=32), str(emb))
+    # the faceless painting is indexed whole
+    rows = faces_and_embeddings(uris, root, MODEL, image_size=64, dim=32, whole=lambda i: i == "landscape_1",
+                                image_columns=("image_id", "status", "whole_jpeg", "orig_width", "orig_height",
+                                               "n_faces"))
+    pre, emb = root / "pre", root / "emb"
     idx = root / "idx"
     run_build(IndexBuildConfig(embeddings=str(emb), out=str(idx), shards=2))
     ids = list(uris)
