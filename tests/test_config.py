@@ -78,6 +78,7 @@ SHIPPED = {
     "wikiart_preprocess.yaml": "PreprocessConfig",
     "wikiart_classifier.yaml": "ClassifierTrainConfig",
     "nga_similarity.yaml": "SimilarityTrainConfig",
+    "nga_neardup.yaml": "SimilarityTrainConfig",
     "nga_reindex.yaml": "ReindexConfig",
 }
 

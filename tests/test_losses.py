@@ -20,7 +20,7 @@ def line(*xs: float) -> torch.Tensor:
 
 
 def test_registries_list_the_builtins():
-    assert {"triplet", "contrastive"} <= set(LOSSES.names())
+    assert {"triplet", "contrastive", "supcon"} <= set(LOSSES.names())
     assert {"batch_hard", "semi_hard"} <= set(MINERS.names())
     with pytest.raises(KeyError, match="unknown miner"):
         build_loss("triplet", miner="nope")
@@ -99,7 +99,8 @@ def test_loss_is_zero_when_classes_are_separated_beyond_margin(name, kwargs, dis
 
 
 @pytest.mark.parametrize("name,kwargs", [("triplet", {"miner": "batch_hard"}),
-                                         ("triplet", {"miner": "semi_hard"}), ("contrastive", {})])
+                                         ("triplet", {"miner": "semi_hard"}), ("contrastive", {}),
+                                         ("supcon", {"temperature": 0.2})])
 def test_gradient_steps_reduce_the_loss(name, kwargs):
     g = torch.Generator().manual_seed(3)
     emb = F.normalize(torch.randn(12, 4, generator=g), dim=1).requires_grad_()
@@ -130,6 +131,31 @@ def test_contrastive_known_value():
     torch.testing.assert_close(loss, torch.tensor(0.09 + 0.005))
 
 
+def test_supcon_known_value():
+    """Two anchors per class on 2-D unit vectors, checked against the formula written out by hand."""
+    import math
+
+    c, s = math.cos(0.3), math.sin(0.3)
+    emb = torch.tensor([[1.0, 0.0], [c, s], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])  # the third sample has no positive: it is no anchor
+    t = 0.5
+    # Anchor 0: positive 1 (cos c), negative 2 (cos 0). Anchor 1: positive 0 (cos c), negative 2 (cos s).
+    l0 = -(c / t - math.log(math.exp(c / t) + math.exp(0.0)))
+    l1 = -(c / t - math.log(math.exp(c / t) + math.exp(s / t)))
+    loss = build_loss("supcon", temperature=t)(emb, labels)
+    torch.testing.assert_close(loss, torch.tensor((l0 + l1) / 2))
+
+
+def test_supcon_prefers_positives_closer_and_rejects_bad_temperature():
+    near = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0], [-1.0, 0.1]]), dim=1)
+    far = near[[0, 2, 1, 3]]  # same vectors, positives now on opposite sides
+    labels = torch.tensor([0, 0, 1, 1])
+    loss = build_loss("supcon", temperature=0.1)
+    assert loss(near, labels).item() < loss(far, labels).item()
+    with pytest.raises(ValueError, match="temperature"):
+        build_loss("supcon", temperature=0.0)
+
+
 def test_no_triplets_gives_attached_zero():
     emb = torch.randn(4, 3, requires_grad=True)
     loss = build_loss("triplet")(emb, torch.arange(4))  # all labels distinct: no positives
@@ -147,7 +173,7 @@ def test_gather_loss_without_process_group_is_the_plain_loss():
 
 CASES = [("triplet", {"miner": "batch_hard", "margin": 0.3}),
          ("triplet", {"miner": "semi_hard", "margin": 0.5, "distance": "cosine"}),
-         ("contrastive", {"margin": 1.0})]
+         ("contrastive", {"margin": 1.0}), ("supcon", {"temperature": 0.1})]
 WORLD = 2
 
 

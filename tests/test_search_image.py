@@ -229,3 +229,27 @@ def test_query_faces_are_the_crops_preprocess_stored(face_index):
     for a, b in zip(sorted(stored, key=lambda f: f["face_idx"]), query):
         assert a["crop_jpeg"] == b["crop_jpeg"] and a["face_idx"] == b["face_idx"]
         assert a["box"] == pytest.approx(b["box"]) and a["yaw"] == pytest.approx(b["yaw"])
+
+
+def test_copies_rerank_puts_verified_reproductions_first(face_index, tmp_path):
+    """copies=true: the astronaut's stored face verifies against itself and against the double
+    portrait's two copies of the same head (one mirrored); the landscape never verifies."""
+    out = tmp_path / "o"
+    assert main(["search", "--index", face_index["idx"], "--id", "astronaut", "--out", str(out), "-k", "5",
+                 "--faces", face_index["pre"], "copies=true", "copies_shortlist=20"]) == 0
+    doc = _results(out)
+    (r,) = [r for r in doc["results"] if r["query"]["face_idx"] == 0]
+    hits = r["hits"]
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    verified = {(h["image_id"], h["face_idx"]) for h in hits if h["verified"]}
+    assert {("astronaut", 0), ("double_portrait", 0), ("double_portrait", 1)} <= verified
+    assert not any(h["verified"] for h in hits if h["image_id"] == "landscape_1")
+    flags = [h["verified"] for h in hits]
+    assert flags == sorted(flags, reverse=True)  # every verified hit ranks above every unverified one
+    assert all(isinstance(h["inliers"], int) for h in hits)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["verified_hits"] >= 3
+    # one re-ranking at a time, and verification needs the crops
+    with pytest.raises(ConfigError, match="copies=true"):
+        from artextract.index.jobs import run_search
+        run_search(SearchConfig(index=face_index["idx"], id="astronaut", out=str(tmp_path / "x"), copies=True))

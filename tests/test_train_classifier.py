@@ -115,41 +115,38 @@ def one_worker_run(ray_session, collection, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_workers_match_one_worker(ray_session, collection, one_worker_run, tmp_path):
+def test_two_workers_crash_after_epoch_and_resume_to_the_one_worker_result(ray_session, collection, one_worker_run,
+                                                                          tmp_path):
+    """Two checks that each need a whole Ray Train run, on one run (one worker-group start saved):
+    2 DDP workers train to the 1-worker weights, and a crash after epoch 1 (the worker group restarted
+    by FailureConfig, resumed from last.pt) changes nothing: same history, score and weights."""
+    import json
+
     from artextract.train.classifier import run
 
     out1, summary1 = one_worker_run
     assert summary1["counts"]["steps"] == 2 * summary1["counts"]["steps"] // 2 > 0
-    run(_cfg(collection, tmp_path / "w2", **{"train.workers": 2}))
-    w1, w2 = _weights(out1), _weights(tmp_path / "w2")
+    out = tmp_path / "crash-w2"
+    summary = run(_cfg(collection, out, **{"train.workers": 2, "train.fault_after_epoch": 1,
+                                           "train.max_failures": 1}))
+    assert storage.exists(str(out / "checkpoints" / "fault-injected-epoch1"))
+    assert summary["counts"]["steps"] == summary1["counts"]["steps"]
+    h1 = [json.loads(ln) for ln in (out1 / "history.jsonl").read_text().splitlines()]
+    h2 = [json.loads(ln) for ln in (out / "history.jsonl").read_text().splitlines()]
+    assert len(h2) == len(h1) == 2
+    strip = ("seconds", "images_per_s")
+    # 2 ranks sum in another order than 1: float noise (~1e-6), far below what a bad resume moves.
+    for a, b in zip(h1, h2):
+        assert {k: v for k, v in a.items() if k not in strip} == pytest.approx(
+            {k: v for k, v in b.items() if k not in strip}, rel=1e-4, abs=1e-6)
+    assert summary["final"]["val_score"] == pytest.approx(summary1["final"]["val_score"], rel=1e-4)
+    w1, w2 = _weights(out1), _weights(out)
     init = CRNNClassifier({"style": 4, "genre": 2, "artist": 8}, reduce_channels=16, hidden=8).state_dict()
     moved = max(float((w1[k] - init[k]).abs().max()) for k in w1 if w1[k].is_floating_point() and k in init
                 and w1[k].shape == init[k].shape)
     assert moved > 1e-2, "training did not change the weights"
     for k in w1:
         assert torch.allclose(w1[k].float(), w2[k].float(), atol=2e-5, rtol=1e-4), k
-
-
-@pytest.mark.slow
-def test_crash_after_epoch_resumes_to_same_result(ray_session, collection, one_worker_run, tmp_path):
-    from artextract.train.classifier import run
-
-    out1, summary1 = one_worker_run
-    out = tmp_path / "crash"
-    summary = run(_cfg(collection, out, **{"train.fault_after_epoch": 1, "train.max_failures": 1}))
-    assert storage.exists(str(out / "checkpoints" / "fault-injected-epoch1"))
-    h1 = [ln for ln in (out1 / "history.jsonl").read_text().splitlines()]
-    h2 = [ln for ln in (out / "history.jsonl").read_text().splitlines()]
-    assert len(h2) == len(h1) == 2
-    strip = ("seconds", "images_per_s")
-    import json
-    for a, b in zip(h1, h2):
-        a, b = json.loads(a), json.loads(b)
-        assert {k: v for k, v in a.items() if k not in strip} == pytest.approx(
-            {k: v for k, v in b.items() if k not in strip})
-    assert summary["final"]["val_score"] == pytest.approx(summary1["final"]["val_score"])
-    for k, v in _weights(out1).items():
-        assert torch.allclose(v.float(), _weights(out)[k].float(), atol=1e-6), k
 
 
 @pytest.mark.slow

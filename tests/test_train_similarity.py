@@ -75,6 +75,32 @@ def test_label_positives_need_a_column(pre, tmp_path):
     assert set(prep.train["label"].to_pylist()) <= {"artist0", "artist1", "artist2"}
 
 
+def test_extra_inputs_add_training_instances_only(pre, tmp_path):
+    from artextract.models.embedding import EmbeddingNet
+    from artextract.train.similarity import SimilarityTask, prepare
+
+    extra = {"data.extra_inputs": f"[{{input: {pre}, what: images}}]"}
+    base, prep = prepare(_cfg(pre, tmp_path)), prepare(_cfg(pre, tmp_path, **extra))
+    # the 12 whole paintings join training; validation is the main input's held-out faces, unchanged
+    assert prep.counts["extra_rows"] == 12
+    assert len(prep.train) == len(base.train) + 12
+    assert prep.val["label"].to_pylist() == base.val["label"].to_pylist()
+    extra_labels = [x for x in prep.train["label"].to_pylist() if x.startswith("extra0:")]
+    assert sorted(extra_labels) == [f"extra0:img{i:03d}/-1" for i in range(12)]  # one instance each
+    assert prep.counts["train_labels"] == base.counts["train_labels"] + 12
+    # a supcon batch over the combined instances gives a finite, positive loss with gradients
+    cfg = _cfg(pre, tmp_path, **extra, **{"loss.name": "supcon", "loss.temperature": 0.2})
+    task = SimilarityTask(cfg, prep)
+    model = task.build_model()
+    loss = task.loss(model, next(iter(task.batches(0, 0, 0, 1))), torch.device("cpu"))
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert isinstance(model, EmbeddingNet) and model.head[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="positives=instance"):
+        prepare(_cfg(pre, tmp_path, **extra, **{"data.positives": "label", "data.label_column": "artist",
+                                                "data.p": 2}))
+
+
 @pytest.mark.slow
 def test_two_workers_match_one_and_model_embeds(ray_session, pre, tmp_path):
     from artextract.stages.embed import EmbedStage

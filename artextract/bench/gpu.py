@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 SECTION = "GPU stages"
-SIZES = {  # (real run, dry run)
+SIZES = {  # (real run, dry run); the dry run's are as small as still runs every code path (1 embed batch)
     "detect_images": (256, 4), "detect_side": (1024, 256), "detect_batch": (32, 2),
-    "embed_images": (4096, 16), "embed_side": (160, 64), "embed_batch": (256, 8),
+    "embed_images": (4096, 8), "embed_side": (160, 32), "embed_batch": (256, 8),
     "knn_n": (1_000_000, 5_000), "knn_dim": (256, 32), "knn_queries": (1024, 16),
-    "ddp_batch": (64, 4), "ddp_side": (224, 64),
+    "ddp_batch": (64, 2), "ddp_side": (224, 64),
 }
 
 

@@ -131,9 +131,11 @@ class Run:
 # Running variants
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def _env(extra: dict[str, str] | None = None, ray_address: str = "") -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)  # always a fresh local Ray: a cold start, never a shared cluster
+    env.pop("RAY_ADDRESS", None)  # a fresh local Ray: a cold start, never a shared cluster ...
+    if ray_address:  # ... unless told (the suite's --quick: start-up is not what a smoke run checks)
+        env["RAY_ADDRESS"] = ray_address
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
@@ -189,11 +191,11 @@ def run_naive(images: Path, work: Path, run: Run, timeout: float) -> Run:
 
 
 def run_pipeline(source_uri: str, work: Path, run: Run, timeout: float, endpoint: str | None,
-                 s3_env: dict[str, str] | None) -> Run:
+                 s3_env: dict[str, str] | None, ray_address: str = "") -> Run:
     from artextract import storage
 
     log = work / "log.txt"
-    env = _env(s3_env if endpoint else None)
+    env = _env(s3_env if endpoint else None, ray_address)
     s3 = ["--s3-endpoint", endpoint] if endpoint else []
     manifest, out = str(work / "manifest"), str(work / "out")
     cli = [sys.executable, "-m", "artextract"]
@@ -359,6 +361,7 @@ class Bench:
     runs: list[Run] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # command, dates, machine, loads: what the report cites
     save_to: Path | None = None  # runs.json, rewritten after every run (``--render`` reads it back)
+    ray_address: str = ""  # pipeline runs attach to this running Ray instead of a cold local one
 
     def save(self) -> None:
         if self.save_to is not None:
@@ -384,9 +387,9 @@ class Bench:
         if variant.kind == "naive":
             run_naive(self.images, work, run, self.timeout)
         elif variant.source == "s3":
-            run_pipeline(self.s3_uri, work, run, self.timeout, self.s3.endpoint, self.s3.env)
+            run_pipeline(self.s3_uri, work, run, self.timeout, self.s3.endpoint, self.s3.env, self.ray_address)
         else:
-            run_pipeline(str(self.images), work, run, self.timeout, None, None)
+            run_pipeline(str(self.images), work, run, self.timeout, None, None, self.ray_address)
         faces = len(run.kept_faces)
         self.log(f"  {variant.key} #{repeat + 1}: {run.wall_s:.1f} s, {run.images} images, {faces} faces, "
                  f"load {_fmt(run.load)}"
@@ -396,7 +399,8 @@ class Bench:
             shutil.rmtree(work / sub, ignore_errors=True)
         self.runs.append(run)
         self.save()
-        time.sleep(2)  # let the previous run's Ray processes exit before the next cold start
+        if not self.ray_address:
+            time.sleep(2)  # let the previous run's Ray processes exit before the next cold start
         return run
 
     def run_all(self, variants: list[Variant], repeats: int | None = None) -> None:
@@ -519,8 +523,10 @@ def preprocess_section(bench: Bench, variants: list[Variant]) -> tuple[str, dict
     loads = meta.get("loads", [0.0, 0.0])
     lines = [f"## {SECTION}", ""]
     if meta.get("quick"):
-        lines += ["> **Quick smoke run** (a few generated sample images, 1 repeat): this exercises the "
-                  "harness; its timings are not a benchmark.", ""]
+        lines += ["> **Quick smoke run** (a few generated sample images, 1 repeat"
+                  + (f"; pipeline runs attached to the running Ray at {meta['ray_address']}, no cold Ray start"
+                     if meta.get("ray_address") else "")
+                  + "): this exercises the harness; its timings are not a benchmark.", ""]
     lines += [
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['started']}  ",

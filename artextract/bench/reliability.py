@@ -46,9 +46,15 @@ def _rows(endpoint: str, uri: str) -> dict[str, Any]:
             "faces": [(r["image_id"], r["face_idx"], tuple(round(x, 3) for x in r["box"])) for r in faces.to_pylist()]}
 
 
-def run_once(s3: LocalS3, bucket: str, name: str, rate: float | None, seed: int, timeout: float) -> dict[str, Any]:
-    """ingest + preprocess of s3://bucket/images into s3://bucket/<name>/, through the proxy when rate is set."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **s3.env}
+def run_once(s3: LocalS3, bucket: str, name: str, rate: float | None, seed: int, timeout: float,
+             ray_address: str = "") -> dict[str, Any]:
+    """ingest + preprocess of s3://bucket/images into s3://bucket/<name>/, through the proxy when rate is set;
+    the jobs attach to ``ray_address`` when given (the suite's --quick), else each starts its own Ray."""
+    # Own Ray: no RAY_* settings of the caller's. Attached: keep them (a token-auth session's token
+    # travels in the RAY_* environment).
+    env = {**{k: v for k, v in os.environ.items() if ray_address or not k.startswith("RAY_")}, **s3.env}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     t0 = time.perf_counter()
     proxy = FaultProxy(s3.endpoint, rate=rate, seed=seed) if rate else None
     endpoint = proxy.__enter__().endpoint if proxy else s3.endpoint
@@ -119,22 +125,26 @@ def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> i
     p.add_argument("--copies", type=int, default=3, help="copies of the sample collection")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--cases", help="comma-separated sample cases (default: the whole sample collection)")
+    p.add_argument("--ray-address", default="", help="attach the jobs to this running Ray instead of starting "
+                   "one each (the suite's --quick)")
     args = p.parse_args(argv)
     from artextract import samples
 
+    cases = {k: samples.CASES[k] for k in args.cases.split(",")} if args.cases else None
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="artextract-reliability-") as tmp, LocalS3() as s3:
         for c in range(args.copies):
-            samples.write_collection(Path(tmp) / "images" / f"copy{c}")
+            samples.write_collection(Path(tmp) / "images" / f"copy{c}", cases)
         s3.upload(Path(tmp) / "images", "reliability", "images")
-        clean_run = run_once(s3, "reliability", "clean", None, args.seed, args.timeout)
+        clean_run = run_once(s3, "reliability", "clean", None, args.seed, args.timeout, args.ray_address)
         if clean_run["rc"] != 0:
             print(f"clean run failed: {clean_run['error']}", file=sys.stderr)
             return 1
         clean = _rows(s3.endpoint, "s3://reliability/clean/pre")
         results = []
         for i, rate in enumerate(float(x) for x in args.rates.split(",")):
-            r = run_once(s3, "reliability", f"faults{i}", rate, args.seed + i, args.timeout)
+            r = run_once(s3, "reliability", f"faults{i}", rate, args.seed + i, args.timeout, args.ray_address)
             if r["rc"] == 0:
                 r["compare"] = compare(clean, _rows(s3.endpoint, f"s3://reliability/faults{i}/pre"))
             print(json.dumps(r), flush=True)

@@ -107,15 +107,24 @@ def reliability(res: dict[str, Any], date: str) -> list[dict[str, str]]:
 
 
 def similarity(res: dict[str, Any], date: str) -> list[dict[str, str]]:
+    """Fine-tuned embedding vs the naive one, and (NGA) the fine-tuned shortlist + geometric verification."""
+    def pick(rows: dict[str, Any], *words: str, plain: bool = True) -> tuple[str, dict] | None:
+        hit = [(n, r) for n, r in rows.items() if all(w in n for w in words) and ("verification" not in n) == plain]
+        return hit[-1] if hit else None  # the last fine-tuned row is the recommended recipe
+
     out = []
     for part, metric, goal in (("nga", "recall@1", 0.99), ("wikiart", "map@r", None)):
-        rows = list(res[part]["rows"].items())
-        if len(rows) < 2:
-            continue
-        (tn, trained), (bn, base) = rows[0], rows[-1]
-        v, b = trained[metric], base[metric]
-        out.append(row("similarity", f"{part} {metric}: {tn} vs {bn}", f"{v:.3f}", f"{b:.3f}", _ratio(v, b),
-                       f"{metric} ≥ {goal}" if goal else "none set", (v >= goal) if goal else None, _date(res, date)))
+        rows = res[part]["rows"]
+        base = pick(rows, "naive")
+        pairs = [pick(rows, "fine-tuned")] + ([pick(rows, "fine-tuned", "verification", plain=False)]
+                                             if part == "nga" else [])
+        for got in pairs:
+            if not base or not got:
+                continue
+            (tn, t), (bn, b) = got, base
+            out.append(row("similarity", f"{part} {metric}: {tn} vs {bn}", f"{t[metric]:.3f}", f"{b[metric]:.3f}",
+                           _ratio(t[metric], b[metric]), f"{metric} ≥ {goal}" if goal else "none set",
+                           (t[metric] >= goal) if goal else None, _date(res, date)))
     return out
 
 

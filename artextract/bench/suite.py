@@ -9,9 +9,11 @@ Full sizes are each module's documented defaults (about 1.5 h in all on a 2-core
 the classifier and similarity training budgets; ``make bench`` skips those two model-quality
 benchmarks, which have their own targets, and takes ~45 min; ``make bench-all`` runs everything).
 ``--quick`` runs tiny sizes (a smoke test of the whole harness, numbers meaningless) into a
-temporary file unless ``--out`` is given; the classifier and similarity benchmarks need the real
-data and minutes of training, so ``--quick`` records them as skipped. Benchmarks left out with ``--only``/``--skip`` keep their previous summary rows (their run
-date shows they are older). A failing benchmark is recorded with its reason; the others still run and
+temporary file unless ``--out`` is given, with one Ray for the whole run (the preprocess and
+reliability jobs attach to it instead of a cold Ray start each); the classifier and similarity
+benchmarks need the real data and minutes of training, so ``--quick`` records them as skipped.
+Benchmarks left out with ``--only``/``--skip`` keep their previous summary rows (their run date
+shows they are older). A failing benchmark is recorded with its reason; the others still run and
 the exit code is non-zero.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from artextract.bench import rows as R
-from artextract.bench.preprocess import HEADER, git_commit, machine, replace_section
+from artextract.bench.preprocess import HEADER, QUICK_CASES, git_commit, machine, replace_section
 
 Runner = Callable[[bool, str, "Path | None"], tuple[int, dict[str, Any]]]
 
@@ -45,6 +47,18 @@ def _w(work: Path | None, name: str) -> list[str]:
     return ["--work", str(work / name)] if work is not None else []
 
 
+def _ray_argv(quick: bool) -> list[str]:
+    """--quick: the subprocess benchmarks (preprocess, reliability) attach their jobs to this process's
+    Ray, started once, instead of a cold local Ray per job: ~10 s of start-up per job on 2 cores is
+    what the full run measures, not what a smoke run of the harness checks."""
+    if not quick:
+        return []
+    from artextract.config import RayConfig
+    from artextract.pipelines.ray_env import init_ray
+
+    return ["--ray-address", init_ray(RayConfig()).get_runtime_context().gcs_address]
+
+
 def _gpu_argv(quick: bool) -> list[str]:
     import torch
 
@@ -54,7 +68,7 @@ def _gpu_argv(quick: bool) -> list[str]:
 # key -> (runner(quick, out, work), rows(results, date)); quick=None in SKIP_QUICK: not run by --quick.
 BENCHMARKS: dict[str, tuple[Runner, Callable[[dict[str, Any], str], list[dict[str, str]]]]] = {
     "preprocess": (lambda q, out, w: _call("artextract.bench.__main__", ["--out", out, *_w(w, "preprocess")]
-                                             + (["--quick"] if q else [])), R.preprocess),
+                                             + (["--quick", *_ray_argv(q)] if q else [])), R.preprocess),
     "embed": (lambda q, out, w: _call("artextract.bench.embed", ["--out", out, *_w(w, "embed")]
                                       + (["--quick"] if q else [])), R.embed),
     "index": (lambda q, out, w: _call("artextract.bench.index", ["--out", out, *_w(w, "index")]
@@ -66,7 +80,8 @@ BENCHMARKS: dict[str, tuple[Runner, Callable[[dict[str, Any], str], list[dict[st
                                       + (["--n", "2000", "--queries", "20", "--clients", "2", "--shards", "2"]
                                          if q else [])), R.serve),
     "reliability": (lambda q, out, w: _call("artextract.bench.reliability", ["--out", out]
-                                            + (["--copies", "1", "--rates", "0.1"] if q else [])), R.reliability),
+                                            + (["--copies", "1", "--rates", "0.1", "--cases", ",".join(QUICK_CASES),
+                                                *_ray_argv(q)] if q else [])), R.reliability),
     "similarity": (lambda q, out, w: _call("artextract.bench.similarity", ["--out", out]), R.similarity),
     "classifier": (lambda q, out, w: _call("artextract.bench.classifier", ["--out", out]), R.classifier),
     "gpu": (lambda q, out, w: _call("artextract.bench.gpu", ["--out", out] + _gpu_argv(q)), R.gpu),

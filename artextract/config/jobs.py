@@ -183,6 +183,11 @@ class SearchConfig(Strict):
     pose_max_deg: float = Field(20.0, gt=0, description="filter threshold (yaw/pitch/roll distance, degrees)")
     pose_weight: float = Field(0.5, ge=0, description="rerank penalty per 90 degrees of pose distance")
     pose_oversample: int = Field(4, ge=1, description="fetch k * this many candidates before pose filtering")
+    copies: bool = Field(False, description="find reproductions of the query picture: re-rank the top "
+                         "copies_shortlist hits by geometric verification (SIFT + RANSAC inliers; verified "
+                         "hits first); needs faces= for the hits' pixels")
+    copies_shortlist: int = Field(50, ge=1, le=1000, description="hits fetched and verified per query")
+    copies_min_inliers: int = Field(5, ge=3, description="inliers that make a hit the same picture")
     parallel: Literal["auto", "local", "ray"] = Field(
         "auto", description="shards in this process (local) or one Ray actor per shard (ray); auto = ray "
         "when the index holds at least ray_min_vectors vectors")

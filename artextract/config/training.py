@@ -126,7 +126,14 @@ class NearDuplicateConfig(Strict):
     images: int = Field(200, ge=2, description="originals sampled from the preprocess output")
     copies: int = Field(2, ge=1, description="augmented copies per original")
     image_size: int = Field(160, ge=16)
+    copy_size: int | None = Field(None, ge=16, description="side of each reproduction (None = image_size): "
+                                  "copies made at the model's input size would hand verification less detail "
+                                  "than a real reproduction has")
     what: Literal["faces", "images"] = "faces"
+    verify_top_k: int = Field(0, ge=0, description="also re-rank each copy's top-K originals by geometric "
+                              "verification (SIFT + RANSAC inliers, stages/verify.py) and report verified_* "
+                              "metrics; 0 = off")
+    verify_min_inliers: int = Field(5, ge=3, description="inliers that make a pair 'the same picture'")
 
 
 class EvaluateSimilarityConfig(Strict):
@@ -156,6 +163,13 @@ class SimilarityModelConfig(Strict):
     hidden: int | None = Field(None, ge=2, description="projection hidden width (None = backbone channels)")
 
 
+class ExtraInputConfig(Strict):
+    """A further preprocess output whose rows only add training instances."""
+
+    input: str = Field(description="preprocess output URI")
+    what: Literal["faces", "images"] = "images"
+
+
 class SimilarityDataConfig(Strict):
     """Which crops, and what makes two of them a positive pair."""
 
@@ -165,6 +179,10 @@ class SimilarityDataConfig(Strict):
         "instance", description="instance: augmented views of the same crop (reproductions); label: rows "
         "sharing label_column (sitter, artist)")
     label_column: str | None = Field(None, description="with positives=label: column of the images table")
+    extra_inputs: list[ExtraInputConfig] = Field(
+        default_factory=list, description="with positives=instance: more preprocess outputs (e.g. a larger "
+        "painting corpus) whose crops or paintings join the training instances only, never validation; "
+        "YAML list of {input, what}")
     labels: str | None = Field(None, description="URI holding image_id + label_column (default: input's images/)")
     min_per_label: int = Field(2, ge=1, description="labels with fewer rows are dropped (counted)")
     image_size: int = Field(128, ge=32)
@@ -179,10 +197,13 @@ class SimilarityDataConfig(Strict):
 class SimilarityLossConfig(Strict):
     """Metric loss from the registry, optionally with an online miner."""
 
-    name: Literal["triplet", "contrastive"] = "triplet"
+    name: Literal["triplet", "contrastive", "supcon"] = Field(
+        "triplet", description="triplet (with miner) | contrastive (pairs) | supcon (supervised contrastive; "
+        "NT-Xent with instance positives)")
     miner: Literal["batch_hard", "semi_hard", "all"] = "batch_hard"
-    margin: float = Field(0.2, gt=0)
+    margin: float = Field(0.2, gt=0, description="triplet / contrastive margin")
     distance: Literal["euclidean", "cosine"] = "euclidean"
+    temperature: float = Field(0.1, gt=0, description="supcon softmax temperature")
 
 
 class SimilarityTrainConfig(Strict):

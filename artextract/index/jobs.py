@@ -231,7 +231,7 @@ def _join(results: list[dict[str, Any]], queries: list[dict[str, Any]], cfg: Sea
             boxes[(i, int(f))] = [round(float(x), 2) for x in box] if box is not None else None
             if crop:
                 crops[(i, int(f))] = crop
-        if cfg.grid:
+        if cfg.grid or cfg.copies:  # copies= verifies whole-image hits on their pixels
             whole_ids = sorted({k[0] for k in keys if k[1] < 0 or k not in crops})
             if whole_ids:
                 images = read_rows(storage.join(cfg.faces, "images"), whole_ids, ["whole_jpeg"], cfg.storage)
@@ -277,8 +277,10 @@ def render_grid(results: list[dict[str, Any]], queries: list[dict[str, Any]], cr
     img = Image.new("RGB", (cols * (px + pad) + pad, len(results) * (px + cap + pad) + pad), "white")
     draw = ImageDraw.Draw(img)
 
+    from artextract.index.copy_rank import hit_image
+
     def image_of(key: V.Key) -> bytes | None:
-        return crops.get(key) if key[1] >= 0 and key in crops else wholes.get(key[0])
+        return hit_image(key, crops, wholes)
 
     for row, (r, q) in enumerate(zip(results, queries)):
         y = pad + row * (px + cap + pad)
@@ -320,6 +322,17 @@ def _pose_rank(results: list[dict[str, Any]], queries: list[dict[str, Any]], cfg
         res["hits"] = apply_pose(res["hits"], qpose, poses, cfg.pose, cfg.k, cfg.pose_max_deg, cfg.pose_weight)
 
 
+def _copy_rank(results: list[dict[str, Any]], queries: list[dict[str, Any]], query_jpegs: list[bytes | None],
+               crops: dict[V.Key, bytes], wholes: dict[str, bytes], cfg: SearchConfig,
+               higher_is_better: bool) -> dict[str, int]:
+    """copies=true: geometric verification of each shortlist; id queries verify with their own crop."""
+    from artextract.index.copy_rank import apply_copies, hit_image
+
+    jpegs = [j if j is not None else hit_image((q["image_id"], q["face_idx"]), crops, wholes)
+             if "image_id" in q else None for q, j in zip(queries, query_jpegs)]
+    return apply_copies(results, jpegs, crops, wholes, cfg.k, cfg.copies_min_inliers, higher_is_better)
+
+
 def run_search(cfg: SearchConfig) -> dict[str, Any]:
     """k-NN search; writes results.json (+ grid.png) under ``out``; returns the summary."""
     if not cfg.index or not cfg.out:
@@ -331,6 +344,8 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
         raise ConfigError("face_idx= only applies to id= queries")
     if cfg.pose != "off" and not cfg.faces:
         raise ConfigError("pose= needs faces= (the preprocess output holding each face's yaw/pitch/roll)")
+    if cfg.copies and (not cfg.faces or cfg.pose != "off"):
+        raise ConfigError("copies=true needs faces= (the hits' crops) and pose=off (one re-ranking at a time)")
     job = JobRun("search", cfg, cfg.out)
     reader, fan_out = open_reader(cfg)
     with reader:
@@ -339,6 +354,8 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
         query_jpegs = [qd.pop("jpeg", None) for qd in queries]
         job.lap("query")
         fetch = cfg.k * (cfg.pose_oversample if cfg.pose != "off" else 1)
+        if cfg.copies:
+            fetch = max(cfg.k, cfg.copies_shortlist)
         scores, keys = reader.search(q, fetch, cfg.nprobe)
         job.lap("search")
     results = []
@@ -350,6 +367,10 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
         _pose_rank(results, queries, cfg)
     crops, wholes = _join(results, queries, cfg)
     job.lap("join")
+    copy_counts = {}
+    if cfg.copies:
+        copy_counts = _copy_rank(results, queries, query_jpegs, crops, wholes, cfg, reader.metric == "ip")
+        job.lap("verify")
     grid_uri, note = None, None
     if not cfg.faces:
         note = "grid skipped: no faces= (preprocess output) given to take thumbnails from"
@@ -368,5 +389,5 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
     storage.write_json(storage.join(cfg.out, "results.json"), doc, cfg.storage)
     counts = {"queries": len(results), "k": cfg.k, "hits": sum(len(r["hits"]) for r in results),
               "index_version": reader.version, "index_vectors": reader.ntotal,
-              "grid": grid_uri is not None, "fan_out": fan_out}
+              "grid": grid_uri is not None, "fan_out": fan_out, **copy_counts}
     return job.finish(counts, results=storage.join(cfg.out, "results.json"), grid=grid_uri, grid_note=note)

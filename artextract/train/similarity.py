@@ -34,26 +34,34 @@ TASK = "similarity"
 JPEG = {"faces": "crop_jpeg", "images": "whole_jpeg"}
 
 
+def _read_rows(uri: str, what: str, cfg: SimilarityTrainConfig) -> pa.Table:
+    """(image_id, face_idx, jpeg) of one preprocess output's faces/ or ok images/, sorted."""
+    files = tdata.part_files(storage.join(uri, what), cfg.storage)
+    if not files:
+        raise FileNotFoundError(f"no {what}/part-*.parquet under {uri} (is it a preprocess output?)")
+    cols = ["image_id", JPEG[what]] + (["face_idx"] if what == "faces" else ["status"])
+    t = pa.concat_tables([storage.read_parquet(f, cfg.storage, columns=cols) for f in files])
+    if what == "images":
+        t = t.filter(pc.equal(t["status"], "ok"))
+        t = t.append_column("face_idx", pa.array(np.full(len(t), -1, np.int16)))
+    t = t.select(["image_id", "face_idx", JPEG[what]]).rename_columns(["image_id", "face_idx", "jpeg"])
+    return t.sort_by([("image_id", "ascending"), ("face_idx", "ascending")])
+
+
+def _instance_labels(t: pa.Table, prefix: str = "") -> pa.Table:
+    return t.append_column("label", pa.array([f"{prefix}{i}/{f}" for i, f in zip(
+        t["image_id"].to_pylist(), t["face_idx"].to_pylist())]))
+
+
 def load_crops(cfg: SimilarityTrainConfig) -> tuple[pa.Table, dict[str, int]]:
     """Rows (image_id, face_idx, jpeg, label) of the preprocess output; counts of what was dropped."""
     d = cfg.data
-    base = storage.join(d.input, d.what)
-    files = tdata.part_files(base, cfg.storage)
-    if not files:
-        raise FileNotFoundError(f"no {d.what}/part-*.parquet under {d.input} (is it a preprocess output?)")
-    cols = ["image_id", JPEG[d.what]] + (["face_idx"] if d.what == "faces" else ["status"])
-    t = pa.concat_tables([storage.read_parquet(f, cfg.storage, columns=cols) for f in files])
-    if d.what == "images":
-        t = t.filter(pc.equal(t["status"], "ok"))
-        t = t.append_column("face_idx", pa.array(np.full(len(t), -1, np.int16)))
-    t = t.select(["image_id", "face_idx", JPEG[d.what]]).rename_columns(["image_id", "face_idx", "jpeg"])
-    t = t.sort_by([("image_id", "ascending"), ("face_idx", "ascending")])
+    t = _read_rows(d.input, d.what, cfg)
     if d.limit:
         t = t.slice(0, d.limit)
     counts = {"crops": len(t)}
     if d.positives == "instance":
-        return t.append_column("label", pa.array([f"{i}/{f}" for i, f in zip(
-            t["image_id"].to_pylist(), t["face_idx"].to_pylist())])), counts
+        return _instance_labels(t), counts
     if not d.label_column:
         raise ValueError("data.positives=label needs data.label_column")
     src = d.labels or d.input
@@ -67,6 +75,15 @@ def load_crops(cfg: SimilarityTrainConfig) -> tuple[pa.Table, dict[str, int]]:
     counts.update(unlabelled=int((~has).sum()), rare_label_rows=int((has & ~keep).sum()))
     t = t.append_column("label", pa.array([str(v) for v in labels], pa.string())).filter(pa.array(keep))
     return t, counts
+
+
+def load_extra(cfg: SimilarityTrainConfig) -> pa.Table:
+    """The ``data.extra_inputs`` rows as training instances; labels prefixed by source so an
+    image_id present in two sources stays two instances."""
+    if cfg.data.positives != "instance":
+        raise ValueError("data.extra_inputs adds unlabelled instances: it needs data.positives=instance")
+    return pa.concat_tables([_instance_labels(_read_rows(x.input, x.what, cfg), f"extra{k}:")
+                             for k, x in enumerate(cfg.data.extra_inputs)])
 
 
 def split_by_image(t: pa.Table, fraction: float, seed: int) -> np.ndarray:
@@ -94,6 +111,8 @@ class SimilarityTask:
         loss_kwargs = {"margin": cfg.loss.margin, "distance": cfg.loss.distance}
         if cfg.loss.name == "triplet":
             loss_kwargs["miner"] = cfg.loss.miner
+        if cfg.loss.name == "supcon":
+            loss_kwargs["temperature"] = cfg.loss.temperature
         self.loss_fn = GatherLoss(build_loss(cfg.loss.name, **loss_kwargs))
         self.train_tf = reproduction_transform(size=cfg.data.image_size)
         self.eval_tf = tdata.image_transform(cfg.data.image_size, augment=False)
@@ -171,6 +190,10 @@ def prepare(cfg: SimilarityTrainConfig) -> Prepared:
     t, counts = load_crops(cfg)
     held = split_by_image(t, cfg.data.val_fraction, cfg.data.seed)
     train, val = t.filter(pa.array(~held)), t.filter(pa.array(held))
+    if cfg.data.extra_inputs:
+        extra = load_extra(cfg)
+        counts["extra_rows"] = len(extra)
+        train = pa.concat_tables([train, extra.cast(train.schema)])
     _, label_ids = np.unique(np.array(train["label"].to_pylist(), dtype=object), return_inverse=True)
     counts.update(train_rows=len(train), val_rows=len(val), train_labels=int(label_ids.max() + 1) if len(train) else 0)
     if counts["train_labels"] < cfg.data.p:
