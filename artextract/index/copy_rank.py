@@ -42,8 +42,9 @@ def apply_copies(results: list[dict[str, Any]], query_jpegs: list[bytes | None],
                                    top_k=len(checkable))
         full = scores[0].copy()
         full[checkable] = new[0]
+        column = {i: c for c, i in enumerate(checkable)}  # hit position -> column of new/inl
         for i, h in enumerate(hits):
-            h["inliers"] = int(inl[0, checkable.index(i)]) if i in checkable else None
+            h["inliers"] = int(inl[0, column[i]]) if i in column else None
             h["verified"] = bool(h["inliers"] is not None and h["inliers"] >= min_inliers)
         counts["checked_hits"] += len(checkable)
         order = np.argsort(-full, kind="stable")[:k]
