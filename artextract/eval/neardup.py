@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -72,8 +73,6 @@ def copy_ranks_from_scores(scores: np.ndarray, owner: np.ndarray) -> tuple[np.nd
 def _verified(orig_v: np.ndarray, copy_v: np.ndarray, owner: np.ndarray, originals: list[bytes],
               copies: list[bytes], cfg: NearDuplicateConfig, seed: int) -> dict[str, Any]:
     """The same ranks after geometric verification of each copy's top-K originals."""
-    import time
-
     from artextract.stages.verify import GeometricVerifier
 
     t0 = time.perf_counter()

@@ -52,6 +52,7 @@ import pyarrow.dataset as ds
 from artextract import storage
 from artextract.config import ConfigError, IndexBuildConfig, SearchConfig, StorageConfig, save_resolved
 from artextract.index import versions as V
+from artextract.index.copy_rank import apply_copies, hit_image
 from artextract.runinfo import JobRun
 
 log = logging.getLogger(__name__)
@@ -277,16 +278,11 @@ def render_grid(results: list[dict[str, Any]], queries: list[dict[str, Any]], cr
     img = Image.new("RGB", (cols * (px + pad) + pad, len(results) * (px + cap + pad) + pad), "white")
     draw = ImageDraw.Draw(img)
 
-    from artextract.index.copy_rank import hit_image
-
-    def image_of(key: V.Key) -> bytes | None:
-        return hit_image(key, crops, wholes)
-
     for row, (r, q) in enumerate(zip(results, queries)):
         y = pad + row * (px + cap + pad)
         if "image_id" in q:
             qkey = (q["image_id"], q["face_idx"])
-            cell, label = _thumb(image_of(qkey), px), f"Q {q['image_id']}#{q['face_idx']}"[:px // 6]
+            cell, label = _thumb(hit_image(qkey, crops, wholes), px), f"Q {q['image_id']}#{q['face_idx']}"[:px // 6]
         elif q.get("source") == "image":
             jpeg = query_jpegs[row] if query_jpegs else None
             cell, label = _thumb(jpeg, px), ("Q whole image" if q["face_idx"] < 0 else f"Q face {q['face_idx']}")
@@ -297,7 +293,7 @@ def render_grid(results: list[dict[str, Any]], queries: list[dict[str, Any]], cr
         draw.text((pad, y + px + 1), label, fill="black")
         for j, h in enumerate(r["hits"]):
             x = pad + (j + 1) * (px + pad)
-            img.paste(_thumb(image_of((h["image_id"], h["face_idx"])), px), (x, y))
+            img.paste(_thumb(hit_image((h["image_id"], h["face_idx"]), crops, wholes), px), (x, y))
             draw.text((x, y + px + 1), f"#{h['rank']} {h['score']:.3f}", fill="black")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -326,10 +322,10 @@ def _copy_rank(results: list[dict[str, Any]], queries: list[dict[str, Any]], que
                crops: dict[V.Key, bytes], wholes: dict[str, bytes], cfg: SearchConfig,
                higher_is_better: bool) -> dict[str, int]:
     """copies=true: geometric verification of each shortlist; id queries verify with their own crop."""
-    from artextract.index.copy_rank import apply_copies, hit_image
-
-    jpegs = [j if j is not None else hit_image((q["image_id"], q["face_idx"]), crops, wholes)
-             if "image_id" in q else None for q, j in zip(queries, query_jpegs)]
+    jpegs = list(query_jpegs)
+    for i, q in enumerate(queries):
+        if jpegs[i] is None and "image_id" in q:  # a stored key: its crop (or painting) from faces=
+            jpegs[i] = hit_image((q["image_id"], q["face_idx"]), crops, wholes)
     return apply_copies(results, jpegs, crops, wholes, cfg.k, cfg.copies_min_inliers, higher_is_better)
 
 
