@@ -60,7 +60,7 @@ bench-train: install
 
 # WikiArt classifier: ~30 min training budget on CPU, then test-split evaluation and the classical baseline.
 bench-classifier: install
-	$(BIN)/python -m artextract.bench.classifier --out docs/benchmarks.md --budget-s 1800
+	$(BIN)/python -m artextract.bench.classifier --out docs/benchmarks.md --budget-s 2400 --set train.torch_threads=2
 
 # NGA faces near-duplicate recall + WikiArt portraits artist MAP@R vs untrained features; embed img/s.
 bench-similarity: install

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from PIL import Image
 
 from artextract import storage
 from artextract.config import ClassifierDataConfig, ClassifierTrainConfig, load_config
@@ -55,6 +56,8 @@ def test_multitask_loss_masks_unknown_and_is_ddp_exact():
 def test_balanced_weights():
     w = balanced_weights(np.array([0, 0, 0, 1, -1]), 3)
     assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])
+    assert balanced_weights(np.array([0, 0, 0, 1, -1]), 3, power=0.5).tolist() == pytest.approx(
+        [2 / 3, (4 / 3) ** 0.5, 1.0])
 
 
 def test_splits_are_stratified_deterministic_and_stable():
@@ -163,3 +166,49 @@ def test_ray_data_two_workers_learns(ray_session, collection, tmp_path):
     assert all(np.isfinite(h["train_loss"]) for h in hist)
     assert storage.exists(str(out / "checkpoints" / "best.pt"))
     assert (out / "splits.parquet").exists() and (out / "config.resolved.yaml").exists()
+
+
+# ---------------------------------------------------------------- crops, evaluation size, TTA
+
+
+def test_crop_scale_validated_and_reaches_the_transform():
+    with pytest.raises(ValueError, match="crop_scale"):
+        ClassifierDataConfig(crop_scale=(0.5, 0.2))
+    cfg = load_config(ClassifierTrainConfig, overrides=["data.crop_scale=[0.2,0.25]", "data.eval_size=64"])
+    assert cfg.data.crop_scale == (0.2, 0.25) and cfg.data.eval_size == 64
+    # A 1-px checkerboard survives a native-scale crop (~32 px of 64 resized to 32) but averages to
+    # grey when the whole image is squeezed into 32 px: the spread tells which crop was taken.
+    board = Image.fromarray(((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)).convert("RGB")
+    torch.manual_seed(0)
+    native = tdata.image_transform(32, True, crop_scale=(0.2, 0.25))(board)
+    whole = tdata.image_transform(32, False)(board)
+    assert float(native.std()) > 3 * float(whole.std())
+
+
+def test_eval_size_used_for_validation_batches():
+    from artextract.train.classifier import ClassifierTask, Prepared
+
+    cfg = load_config(ClassifierTrainConfig, overrides=["data.tasks=[style]", "data.image_size=48",
+                                                        "data.eval_size=96"])
+    task = ClassifierTask(cfg, Prepared({}, {"style": ["a", "b"]}, {"style": 1.0}, {"style": None}))
+    assert task.batch_maker(True).size == 48 and task.batch_maker(False).size == 96
+    assert task.meta()["eval_size"] == 96
+
+
+def test_flip_tta_makes_predictions_mirror_invariant(tmp_path):
+    from artextract.train.classifier_eval import predict
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    paths = [tmp_path / "a.png", tmp_path / "a_mirror.png"]
+    img.save(paths[0])
+    img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(paths[1])  # PNG: lossless, an exact mirror
+    keys = pa.table({"src": [str(p) for p in paths], "src_row": [-1, -1]})
+    torch.manual_seed(0)
+    model = CRNNClassifier({"style": 3}, reduce_channels=16, hidden=8).eval()
+    plain, _, _ = predict(model, keys, 32, 2, torch.device("cpu"), tta="none")
+    flipped, feats, _ = predict(model, keys, 32, 2, torch.device("cpu"), tta="flip")
+    # Convolutions and the GRUs are not mirror-symmetric, so without TTA the two differ.
+    assert np.abs(plain["style"][0] - plain["style"][1]).max() > 1e-4
+    np.testing.assert_allclose(flipped["style"][0], flipped["style"][1], atol=1e-5)
+    np.testing.assert_allclose(feats[0], feats[1], atol=1e-5)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from artextract.config.core import RayConfig, StorageConfig, Strict
 
@@ -38,12 +38,24 @@ class ClassifierDataConfig(Strict):
     stratify: str | None = Field("style", description="task to stratify the split by")
     image_size: int = Field(224, ge=32, description="square side fed to the CNN")
     augment: bool = Field(True, description="random resized crop, flip, colour jitter at train time")
+    crop_scale: tuple[float, float] = Field(
+        (0.35, 1.0), description="area fraction range of the random training crop; a small fixed range "
+        "(e.g. 0.2,0.3 of a 224 px image at image_size=112) trains on brushwork at its native scale")
+    eval_size: int | None = Field(None, ge=32, description="square side at validation/evaluation (None = "
+                                  "image_size); with native-scale crops, the whole image at its own size")
     loader: Literal["ray_data", "local"] = Field(
         "ray_data", description="ray_data streams decoded batches to workers; local reads the table in each "
         "worker and slices every global batch deterministically (exact 1-vs-N worker equivalence)")
     decode_cpus: float = Field(0.5, gt=0, description="Ray CPUs per decode/augment task (ray_data loader)")
     limit: int | None = Field(None, ge=1, description="use only the first N rows (by image_id)")
     seed: int = 0
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {v}")
+        return v
 
 
 class OptimConfig(Strict):
@@ -60,7 +72,8 @@ class ClassifierLossConfig(Strict):
     """Per-head cross-entropy with unknown labels masked."""
 
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced", "sqrt"] = Field(
+        "none", description="balanced: n / (C * count_c) per class; sqrt: its square root (milder)")
     task_weights: dict[str, float] = Field(default_factory=dict, description="per task; missing = 1.0")
 
 
@@ -114,6 +127,8 @@ class EvaluateClassifierConfig(Strict):
     outlier_method: Literal["robust_distance", "isolation_forest"] = "robust_distance"
     outlier_top: int = Field(24, ge=1, description="rows in each outlier table / grid")
     mispredict_min_prob: float = Field(0.8, ge=0, le=1, description="confident mis-prediction threshold")
+    tta: Literal["none", "flip"] = Field("flip", description="flip: average the softmax of each image and "
+                                         "its mirror (paintings keep their style when mirrored)")
     seed: int = 0
     storage: StorageConfig = StorageConfig()
 

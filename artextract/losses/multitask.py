@@ -7,13 +7,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def balanced_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """sklearn-style 'balanced' class weights n / (C * count_c) from training labels (-1 ignored);
-    unseen classes get weight 1. Shape (C,)."""
+def balanced_weights(labels: np.ndarray, n_classes: int, power: float = 1.0) -> torch.Tensor:
+    """sklearn-style 'balanced' class weights (n / (C * count_c)) ** power from training labels (-1
+    ignored); unseen classes get weight 1. Shape (C,). power 0.5 ("sqrt") tempers them: full
+    balancing trades a lot of accuracy on frequent classes for recall on rare ones."""
     known = labels[labels >= 0]
     counts = np.bincount(known, minlength=n_classes).astype(np.float64)
-    w = np.where(counts > 0, len(known) / (n_classes * np.maximum(counts, 1)), 1.0)
+    w = np.where(counts > 0, len(known) / (n_classes * np.maximum(counts, 1)), 1.0) ** power
     return torch.tensor(w, dtype=torch.float32)
+
+
+# loss.class_weights name -> power of the balanced weights (None = no weights).
+CLASS_WEIGHT_POWER: dict[str, float | None] = {"none": None, "balanced": 1.0, "sqrt": 0.5}
 
 
 class MultiTaskLoss(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 
 from artextract import storage
 from artextract.config import ClassifierTrainConfig
-from artextract.losses.multitask import MultiTaskLoss, balanced_weights
+from artextract.losses.multitask import CLASS_WEIGHT_POWER, MultiTaskLoss, balanced_weights
 from artextract.models.crnn import CRNNClassifier
 from artextract.runinfo import JobRun
 from artextract.train import data as tdata
@@ -51,8 +51,9 @@ def prepare(cfg: ClassifierTrainConfig) -> Prepared:
     labels = tdata.encode_labels(keys, vocab)
     train = split == "train"
     fraction = {t: float((y[train] >= 0).mean()) for t, y in labels.items()}
-    weights = {t: (balanced_weights(y[train], len(vocab[t])).tolist() if cfg.loss.class_weights == "balanced"
-                   else None) for t, y in labels.items()}
+    power = CLASS_WEIGHT_POWER[cfg.loss.class_weights]
+    weights = {t: (balanced_weights(y[train], len(vocab[t]), power).tolist() if power is not None else None)
+               for t, y in labels.items()}
     storage.write_parquet(storage.join(cfg.out, "splits.parquet"), pa.table({
         "image_id": keys["image_id"], "split": pa.array(split.astype(str)),
         **{t: pa.array(y) for t, y in labels.items()}}), cfg.storage)
@@ -80,9 +81,8 @@ class ClassifierTask:
                                           self.cfg.storage)
 
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-        x = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.as_tensor(batch["image"]).to(device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last)
         ys = {t: torch.as_tensor(batch[f"y_{t}"]).to(device) for t in self.tasks}
         total, _ = self.loss_fn.to(device)(model(x), ys)
         return total
@@ -95,8 +95,9 @@ class ClassifierTask:
         return self._train.batches(epoch, rank, world, start)
 
     def batch_maker(self, train: bool) -> tdata.LabelledBatches:
-        return tdata.LabelledBatches(tuple(self.tasks), self.cfg.data.image_size,
-                                     train and self.cfg.data.augment, self.cfg.storage)
+        d = self.cfg.data
+        size = d.image_size if train else (d.eval_size or d.image_size)
+        return tdata.LabelledBatches(tuple(self.tasks), size, train and d.augment, self.cfg.storage, d.crop_scale)
 
     @torch.no_grad()
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
@@ -110,7 +111,7 @@ class ClassifierTask:
         preds: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         truth: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         for batch in self._val.in_order(64):
-            out = model(torch.as_tensor(batch["image"]).to(device))
+            out = model(torch.as_tensor(batch["image"]).to(device).contiguous(memory_format=torch.channels_last))
             for t in self.tasks:
                 preds[t].append(out[t].argmax(1).cpu().numpy())
                 truth[t].append(batch[f"y_{t}"])
@@ -132,7 +133,8 @@ class ClassifierTask:
 
     def meta(self) -> dict[str, Any]:
         return {"model": self.cfg.model.model_dump(), "vocab": self.prep.vocab, "tasks": self.tasks,
-                "image_size": self.cfg.data.image_size, "input": self.cfg.data.input}
+                "image_size": self.cfg.data.image_size, "eval_size": self.cfg.data.eval_size or self.cfg.data.image_size,
+                "input": self.cfg.data.input}
 
 
 def _local_batches(task: ClassifierTask, epoch: int, start: int, rank: int, world: int):

@@ -69,8 +69,9 @@ def _rows(cfg: EvaluateClassifierConfig, meta: dict[str, Any]) -> tuple[pa.Table
 
 @torch.no_grad()
 def predict(model: CRNNClassifier, keys: pa.Table, image_size: int, batch_size: int, device: torch.device,
-            storage_cfg=None) -> tuple[dict[str, np.ndarray], np.ndarray, list[bytes | None]]:
-    """Softmax probabilities per task, pooled features (N, D) and thumbnails for ``keys`` rows."""
+            storage_cfg=None, tta: str = "none") -> tuple[dict[str, np.ndarray], np.ndarray, list[bytes | None]]:
+    """Softmax probabilities per task, pooled features (N, D) and thumbnails for ``keys`` rows;
+    ``tta="flip"`` averages each image with its mirror (features too)."""
     transform = tdata.image_transform(image_size, augment=False)
     probs: dict[str, list[np.ndarray]] = {t: [] for t in model.heads}
     feats, thumbs = [], []
@@ -79,10 +80,11 @@ def predict(model: CRNNClassifier, keys: pa.Table, image_size: int, batch_size: 
         part = keys.slice(lo, batch_size)
         blobs = tdata.fetch_bytes(part["src"].to_pylist(), part["src_row"].to_pylist(), storage_cfg)
         x = torch.from_numpy(tdata.decode_images(blobs, transform, image_size)).to(device)
-        f = model.features(x)
-        feats.append(f.float().cpu().numpy())
+        views = [x, x.flip(3)] if tta == "flip" else [x]
+        fs = [model.features(v.contiguous(memory_format=torch.channels_last)) for v in views]
+        feats.append(torch.stack(fs).mean(0).float().cpu().numpy())
         for t, head in model.heads.items():
-            probs[t].append(torch.softmax(head(f).float(), dim=1).cpu().numpy())
+            probs[t].append(torch.stack([torch.softmax(head(f).float(), dim=1) for f in fs]).mean(0).cpu().numpy())
         thumbs.extend(_thumb(b) for b in blobs)
         log.info("evaluated %d/%d images", min(lo + batch_size, len(keys)), len(keys))
     return {t: np.concatenate(p) for t, p in probs.items()}, np.concatenate(feats), thumbs
@@ -97,8 +99,10 @@ def run(cfg: EvaluateClassifierConfig) -> dict[str, Any]:
     keys, labels = _rows(cfg, meta)
     job.lap("load")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    probs, feats, thumbs = predict(model, keys, meta["image_size"], cfg.batch_size,
-                                   torch.device("cuda" if use_cuda else "cpu"), cfg.storage)
+    # Older runs have no eval_size: they were validated at image_size.
+    size = meta.get("eval_size") or meta["image_size"]
+    probs, feats, thumbs = predict(model, keys, size, cfg.batch_size,
+                                   torch.device("cuda" if use_cuda else "cpu"), cfg.storage, cfg.tta)
     job.lap("predict")
     preds = ClassifierPredictions(
         image_ids=keys["image_id"].to_pylist(),
@@ -107,7 +111,7 @@ def run(cfg: EvaluateClassifierConfig) -> dict[str, Any]:
     extra = {"run": cfg.run, "checkpoint": cfg.checkpoint, "checkpoint_epoch": progress["epoch"],
              "checkpoint_step": progress["step"], "split": cfg.split, "input": cfg.input or meta["input"],
              "backbone": meta["model"]["backbone"], "sequence": meta["model"]["sequence"],
-             "rnn": meta["model"]["rnn"], "image_size": meta["image_size"]}
+             "rnn": meta["model"]["rnn"], "image_size": meta["image_size"], "eval_size": size, "tta": cfg.tta}
     metrics = write_classifier_report(cfg.out, preds, storage_cfg=cfg.storage, tsne_max_points=cfg.tsne_max_points,
                                       outlier_method=cfg.outlier_method, outlier_top=cfg.outlier_top,
                                       mispredict_min_prob=cfg.mispredict_min_prob, seed=cfg.seed, extra=extra)

@@ -144,11 +144,11 @@ def fetch_bytes(srcs: list[str], rows: list[int], cfg: StorageConfig, threads: i
     return out  # type: ignore[return-value]
 
 
-def image_transform(size: int, augment: bool) -> v2.Compose:
+def image_transform(size: int, augment: bool, crop_scale: tuple[float, float] = (0.35, 1.0)) -> v2.Compose:
     """PIL image -> float32 (3, size, size), ImageNet-normalised; ``augment`` adds train-time noise."""
     if augment:
         # Mild colour jitter only: palette is a strong style cue, so hue shifts would erase signal.
-        geo = [v2.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+        geo = [v2.RandomResizedCrop(size, scale=crop_scale, ratio=(3 / 4, 4 / 3), antialias=True),
                v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.1)], p=0.5)]
     else:
         geo = [v2.Resize((size, size), antialias=True)]
@@ -171,13 +171,15 @@ def decode_images(blobs: list[bytes], transform: v2.Compose, size: int) -> np.nd
 class LabelledBatches:
     """Turn key rows into model batches: fetch bytes, decode, augment. Picklable (Ray Data callable)."""
 
-    def __init__(self, tasks: tuple[str, ...], size: int, augment: bool, storage_cfg: StorageConfig):
+    def __init__(self, tasks: tuple[str, ...], size: int, augment: bool, storage_cfg: StorageConfig,
+                 crop_scale: tuple[float, float] = (0.35, 1.0)):
         self.tasks, self.size, self.augment, self.storage_cfg = tasks, size, augment, storage_cfg
+        self.crop_scale = crop_scale
         self._transform: v2.Compose | None = None
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         if self._transform is None:
-            self._transform = image_transform(self.size, self.augment)
+            self._transform = image_transform(self.size, self.augment, self.crop_scale)
         blobs = batch["jpeg"] if "jpeg" in batch else fetch_bytes(
             [str(s) for s in batch["src"]], [int(r) for r in batch["src_row"]], self.storage_cfg)
         out = {"image": decode_images(list(blobs), self._transform, self.size)}
