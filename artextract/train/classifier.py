@@ -132,9 +132,9 @@ class ClassifierTask:
         return metrics
 
     def meta(self) -> dict[str, Any]:
+        d = self.cfg.data
         return {"model": self.cfg.model.model_dump(), "vocab": self.prep.vocab, "tasks": self.tasks,
-                "image_size": self.cfg.data.image_size, "eval_size": self.cfg.data.eval_size or self.cfg.data.image_size,
-                "input": self.cfg.data.input}
+                "image_size": d.image_size, "eval_size": d.eval_size or d.image_size, "input": d.input}
 
 
 def _local_batches(task: ClassifierTask, epoch: int, start: int, rank: int, world: int):
