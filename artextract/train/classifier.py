@@ -77,8 +77,12 @@ class ClassifierTask:
         self._train: tdata.LocalSource | None = None
 
     def build_model(self) -> nn.Module:
-        return CRNNClassifier.from_config(self.cfg.model, {t: len(c) for t, c in self.prep.vocab.items()},
-                                          self.cfg.storage)
+        model = CRNNClassifier.from_config(self.cfg.model, {t: len(c) for t, c in self.prep.vocab.items()},
+                                           self.cfg.storage)
+        # channels_last speeds up oneDNN convolutions on CPU too (per-epoch rate at 128 px: 14-26 ->
+        # 25-31 img/s). Only here: the similarity model's 1-vs-2-worker weights drift further apart
+        # under it (batch-size-dependent summation order), past its equivalence test's tolerance.
+        return model.to(memory_format=torch.channels_last)
 
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         x = torch.as_tensor(batch["image"]).to(device, non_blocking=True).contiguous(
