@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
+from artextract import console
 from artextract.config import ConfigError, load_config
 
 
@@ -144,7 +144,8 @@ VERBS: tuple[Verb, ...] = (
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Verb]]:
     parser = argparse.ArgumentParser(prog="artextract", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything: debug lines, Ray's and other libraries' logs")
     top = parser.add_subparsers(dest="verb", required=True, metavar="verb")
     groups: dict[str, argparse._SubParsersAction] = {}
     by_dest: dict[str, Verb] = {}
@@ -178,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``artextract`` command; returns the process exit code."""
     parser, _ = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose)
     verb: Verb = args._verb
     flags = {f.key: getattr(args, f.key) for f in verb.flags if getattr(args, f.key) is not None}
     schema = getattr(importlib.import_module("artextract.config"), verb.schema)

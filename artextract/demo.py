@@ -8,6 +8,7 @@ face-similarity model -> embeddings -> index -> query grid, and prints what happ
 from __future__ import annotations
 
 import logging
+import os
 
 from artextract import demo_models, storage
 from artextract.config import DemoConfig, IngestFolderConfig
@@ -69,6 +70,14 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.0f}%"
 
 
+def _show(uri: str) -> str:
+    """A path as the user would type it: relative to the current directory when inside it."""
+    if storage.is_remote(uri) or not os.path.isabs(uri):
+        return uri
+    rel = os.path.relpath(uri)
+    return uri if rel.startswith("..") else rel
+
+
 def _print(summary: dict) -> None:
     c = summary["counts"]
     lines = [
@@ -83,19 +92,25 @@ def _print(summary: dict) -> None:
     ]
     if "expected_outcomes_total" in c:
         lines.append(f"  sample checks {c['expected_outcomes_matched']}/{c['expected_outcomes_total']} outcomes as expected")
-    lines.append(f"  outputs     {summary['outputs']['preprocess']} (images/ faces/ quarantine/ summary.json)")
+    lines.append(f"  outputs     {_show(summary['outputs']['preprocess'])} (images/ faces/ quarantine/ summary.json)")
     if "classifier" in summary:
         c = summary["classifier"]
         style = c["test_metrics"].get("style", {})
         lines.append(f"  classifier  {c['epochs']} epochs on the generated style collection; test style accuracy "
                      f"{_pct(style.get('accuracy'))}, macro-F1 {_pct(style.get('macro_f1'))}")
-        lines.append(f"              report: {c['report']}")
+        lines.append(f"              report: {_show(c['report'])}")
     if "similarity" in summary:
         s = summary["similarity"]
         nd = s["near_duplicate"]
-        lines.append(f"  similarity  {s['faces_embedded']} faces embedded and indexed; reproduction recall@1 "
-                     f"{_pct(nd.get('recall@1'))} (chance {_pct(nd.get('chance_recall@1'))})")
-        lines.append(f"              query grid: {s['query_grid']}")
+        lines.append(f"  similarity  {s['faces_embedded']} faces embedded and indexed")
+        if nd.get("copies"):
+            lines.append(f"  copies      {nd['copies']} reproductions (crop, rotation, colour, blur, JPEG) of "
+                         f"{nd['originals']} faces, each searched among the {nd['originals']} originals; "
+                         "its own original ranked first:")
+            lines.append(f"              {_pct(nd.get('verified_recall@1'))} embedding + SIFT/RANSAC verification "
+                         f"(search copies=true) | {_pct(nd.get('recall@1'))} trained embedding alone | "
+                         f"{_pct(nd.get('baseline_recall@1'))} untrained | {_pct(nd.get('chance_recall@1'))} chance")
+        lines.append(f"              query grid: {_show(s['query_grid'])}")
         if s.get("index"):
-            lines.append(f"  browse      artextract serve --index {s['index']}   (then open http://127.0.0.1:8000/)")
+            lines.append(f"  browse      artextract serve --index {_show(s['index'])}   (then open http://127.0.0.1:8000/)")
     print("\n".join(lines))

@@ -83,21 +83,22 @@ def ray_session(s3_endpoint):
 
 
 @pytest.fixture(scope="session")
-def demo_full(tmp_path_factory, ray_session) -> tuple[Path, str]:
-    """``artextract demo`` run ONCE for the session, every stage on (tiny training budgets):
-    (output dir, what it printed). test_demo checks the whole run; the preprocess and embed tests
-    read its ``preprocess/`` output instead of preprocessing the same collection again."""
-    import contextlib
-    import io
+def demo_full(tmp_path_factory) -> tuple[Path, str]:
+    """``artextract demo`` run ONCE for the session, every stage on (tiny training budgets), as the
+    README gives it: a new process with its own local Ray, the default relative ``--out runs/demo``,
+    from a fresh working directory. Returns (output dir, everything it printed: stdout + stderr).
+    test_demo checks the run and its console, test_paths the relative paths; the preprocess and
+    embed tests read its ``preprocess/`` output instead of preprocessing the collection again."""
+    import subprocess
+    import sys
 
-    from artextract.cli import main
-
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        rc = main(["demo", "--out", str(out), "classifier_epochs=2", "similarity_epochs=1"])
-    assert rc == 0, printed.getvalue()[-3000:]
-    return out, printed.getvalue()
+    cwd = tmp_path_factory.mktemp("demo-cwd")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ARTEXTRACT_"))}
+    proc = subprocess.run([sys.executable, "-m", "artextract", "demo", "classifier_epochs=2", "similarity_epochs=1"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode == 0, printed[-4000:]
+    return cwd / "runs" / "demo", printed
 
 
 @pytest.fixture(scope="session")

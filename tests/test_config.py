@@ -1,6 +1,8 @@
 """Config: defaults <- YAML <- flags <- key=value; unknown keys / wrong types name the key."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -15,7 +17,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
                       flags={"out": "123"})
     assert cfg.shard_rows == 10 and cfg.faces.crop_size == 96
     assert cfg.faces.min_prob == 0.8 and cfg.decode.detect_max_side == 640
-    assert cfg.out == "123"  # flags keep their string type
+    assert cfg.out == os.path.join(os.getcwd(), "123")  # flags keep their string type; paths become absolute
     assert cfg.decode.min_side == 32  # schema default untouched
 
 

@@ -91,7 +91,7 @@ TINY = ["image_size=64", "dim=32", "batch_size=16", "shard_rows=8"]
 
 
 @pytest.fixture(scope="module")
-def demo(demo_full):
+def demo(demo_full, ray_session):
     """The demo collection as the session's demo run preprocessed it (22 images, 15 ok, 14 faces)."""
     return demo_full[0] / "preprocess"
 

@@ -106,14 +106,18 @@ def test_two_workers_match_one_and_model_embeds(ray_session, pre, tmp_path):
     from artextract.stages.embed import EmbedStage
     from artextract.train.similarity import run
 
-    # Cosine distance: the euclidean sqrt near zero amplifies float noise (~1e-4 apart after 6 Adam
-    # steps); GatherLoss over 2 ranks with euclidean distance is checked on the loss in test_losses.
-    s1 = run(_cfg(pre, tmp_path / "w1"))
-    run(_cfg(pre, tmp_path / "w2", **{"train.workers": 2}))
+    # float64 (train.dtype): 1 and 2 ranks (and any two CPUs) differ only by summation order, ~1e-12
+    # after 6 Adam steps; wrong global-batch mining or gradient averaging moves weights by >1e-3.
+    # Cosine distance: the euclidean sqrt near zero amplifies that noise; GatherLoss over 2 ranks
+    # with euclidean distance is checked on the loss in test_losses.
+    f64 = {"train.dtype": "float64"}
+    s1 = run(_cfg(pre, tmp_path / "w1", **f64))
+    run(_cfg(pre, tmp_path / "w2", **f64, **{"train.workers": 2}))
     w1, w2 = _weights(tmp_path / "w1"), _weights(tmp_path / "w2")
     assert s1["counts"]["steps"] == 6
     for k in w1:
-        assert torch.allclose(w1[k].float(), w2[k].float(), atol=2e-5, rtol=1e-4), k
+        assert not w1[k].is_floating_point() or w1[k].dtype == torch.float64, k
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-9, rtol=1e-9, msg=k)
     assert "val_copy_recall@1" in s1["final"]
     # model.pt is an embedding checkpoint the embed stage loads as-is
     stage = EmbedStage(s1["model"], image_size=32, device="cpu")

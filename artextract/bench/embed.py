@@ -94,7 +94,7 @@ class _ShardTimes(logging.Handler):
     """Records (time, cumulative vectors) as the driver sees each shard committed."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)  # pipelines.embed logs each committed shard at DEBUG
         self.marks: list[tuple[float, int]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -129,7 +129,7 @@ def run_ray(pre: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     handler = _ShardTimes()
     lg = logging.getLogger(embed.__name__)
     old_level = lg.level
-    lg.setLevel(logging.INFO)
+    lg.setLevel(logging.DEBUG)
     lg.addHandler(handler)
     try:
         t1 = time.perf_counter()

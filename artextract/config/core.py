@@ -3,17 +3,81 @@ and saving the resolved config beside outputs."""
 from __future__ import annotations
 
 import copy
-from typing import Any, TypeVar
+import os
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Iterator, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+
+# "s3://…", "file://…", "https://…" and model specs such as "untrained:resnet18" are not local paths.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class PathField:
+    """Marks a config field holding a local path or a URI. Relative local paths are made absolute
+    when the job config is built (see :meth:`Strict._absolute_paths`); ``keywords`` are values
+    that are not paths at all (``weights=none``)."""
+
+    keywords: tuple[str, ...] = ()
+
+    def absolute(self, value: str, root: str) -> str:
+        if not value or value in self.keywords or _SCHEME.match(value) or os.path.isabs(value):
+            return value
+        if value.startswith("~"):
+            return os.path.expanduser(value)
+        return os.path.normpath(os.path.join(root, value))
+
+
+Uri = Annotated[str, PathField()]
+OptUri = Annotated[str | None, PathField()]
+WeightsUri = Annotated[str, PathField(keywords=("none", "imagenet"))]
+
+
+def _models_in(value: Any) -> Iterator[BaseModel]:
+    if isinstance(value, BaseModel):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _models_in(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _models_in(v)
+
+
+def absolutize_paths(model: BaseModel, root: str) -> None:
+    """Rewrite, in place, every relative local path in ``model`` (nested sections and lists
+    included) as an absolute path under ``root``. Idempotent."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        spec = next((m for m in info.metadata if isinstance(m, PathField)), None)
+        if spec is not None and isinstance(value, str):
+            new = spec.absolute(value, root)
+            if new != value:
+                model.__dict__[name] = new  # bypass validate_assignment: this runs inside validation
+        else:
+            for child in _models_in(value):
+                absolutize_paths(child, root)
 
 
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="after")
+    def _absolute_paths(self):
+        """A job config (one with a ``storage`` section) resolves its relative local paths once, here,
+        in the process that builds it: Ray Train workers and submitted jobs run in other working
+        directories, so a relative path handed to them would name another file. Relative paths are
+        taken from ``storage.local_root`` when set, else from the current directory."""
+        storage = self.__dict__.get("storage")
+        if isinstance(storage, StorageConfig):
+            absolutize_paths(self, storage.local_root or os.getcwd())
+        return self
 
 
 class StorageConfig(Strict):
@@ -28,12 +92,17 @@ class StorageConfig(Strict):
     http_retries: int = Field(4, ge=0, description="retries with backoff for http(s) reads/downloads")
     http_backoff_s: float = Field(0.5, ge=0)
     http_timeout_s: float = Field(30.0, gt=0)
-    local_root: str | None = Field(None, description=(
+    local_root: OptUri = Field(None, description=(
         "confine local file access to this directory: when set, every local path a job reads or "
         "writes (manifest rows, inputs, outputs) must resolve inside it after '..' and symlinks are "
         "resolved, and relative paths are taken relative to it. A manifest row pointing outside is "
         "quarantined as outside_root; any other such path fails the job with a one-line error. "
         "None (default) = local paths are trusted as given. Does not affect s3:// or http(s)://"))
+
+    @field_validator("local_root")
+    @classmethod
+    def _absolute_root(cls, root: str | None) -> str | None:
+        return PathField().absolute(root, os.getcwd()) if root else root
 
     @field_serializer("s3_endpoint")
     def _endpoint_without_userinfo(self, endpoint: str | None) -> str | None:

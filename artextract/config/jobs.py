@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
-from artextract.config.core import RayConfig, StorageConfig, Strict
+from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
 
 
 class DecodeConfig(Strict):
@@ -39,8 +39,8 @@ class FacesConfig(Strict):
 class PreprocessConfig(Strict):
     """``artextract preprocess``: manifest -> images / faces / quarantine parquet shards."""
 
-    manifest: str = ""
-    out: str = ""
+    manifest: Uri = ""
+    out: Uri = ""
     shard_rows: int = Field(64, ge=1, description="manifest rows per output shard")
     decode: DecodeConfig = DecodeConfig()
     faces: FacesConfig = FacesConfig()
@@ -59,9 +59,9 @@ class PreprocessConfig(Strict):
 class IngestWikiartConfig(Strict):
     """``artextract ingest wikiart``: ArtGAN split files + image tree -> manifest."""
 
-    splits: str = ""
-    images: str = ""
-    out: str = ""
+    splits: Uri = ""
+    images: Uri = ""
+    out: Uri = ""
     probe_dimensions: bool = True
     shard_rows: int = Field(50_000, ge=1)
     storage: StorageConfig = StorageConfig()
@@ -71,7 +71,7 @@ class DownloadConfig(Strict):
     """Bounded-concurrency image download with retries; resumable."""
 
     enabled: bool = False
-    images_out: str = ""
+    images_out: Uri = ""
     concurrency: int = Field(8, ge=1, le=128)
     max_side: int | None = Field(None, ge=64, description="IIIF bounded size (!n,n); None = full image")
     preflight_timeout_s: float = Field(5.0, gt=0)
@@ -80,9 +80,9 @@ class DownloadConfig(Strict):
 class IngestNgaConfig(Strict):
     """``artextract ingest nga``: NGA open-data CSVs -> manifest (+ optional download)."""
 
-    objects: str = ""
-    published_images: str = ""
-    out: str = ""
+    objects: Uri = ""
+    published_images: Uri = ""
+    out: Uri = ""
     classification: str | None = None
     iiif_bounded: int = Field(800, ge=64, description="bounded IIIF size for the iiif_bounded_url column")
     download: DownloadConfig = DownloadConfig()
@@ -93,8 +93,8 @@ class IngestNgaConfig(Strict):
 class IngestFolderConfig(Strict):
     """``artextract ingest folder``: any folder or bucket of images -> manifest."""
 
-    images: str = ""
-    out: str = ""
+    images: Uri = ""
+    out: Uri = ""
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
     include_all_files: bool = Field(False, description="also list files with other extensions (they will be quarantined)")
     probe_dimensions: bool = True
@@ -105,8 +105,8 @@ class IngestFolderConfig(Strict):
 class DemoConfig(Strict):
     """``artextract demo``: ingest + preprocess over an embedded sample collection (offline)."""
 
-    out: str = "runs/demo"
-    images: str | None = Field(None, description="your own folder/bucket; default: the generated sample")
+    out: Uri = "runs/demo"
+    images: OptUri = Field(None, description="your own folder/bucket; default: the generated sample")
     preprocess: PreprocessConfig = PreprocessConfig(shard_rows=8)
     classifier: bool = Field(True, description="also train a tiny CNN-RNN on a generated labelled collection "
                              "and write its evaluation report")
@@ -122,9 +122,9 @@ class IndexBuildConfig(Strict):
     """``artextract index build``: embedding parquet shards -> a new published version of a sharded
     FAISS index under ``out`` (see artextract/index/versions.py for the layout)."""
 
-    embeddings: str = Field("", description="URI of the embedding shards (part-*.parquet: image_id, "
+    embeddings: Uri = Field("", description="URI of the embedding shards (part-*.parquet: image_id, "
                             "face_idx, vector, model_version)")
-    out: str = Field("", description="index root URI (CURRENT, LOCK, versions/)")
+    out: Uri = Field("", description="index root URI (CURRENT, LOCK, versions/)")
     shards: int = Field(4, ge=1, description="rows go to shard id % shards")
     factory: str | None = Field(None, description="faiss factory string; None = Flat below flat_threshold, "
                                 "else IVF{4*sqrt(n)},Flat")
@@ -150,29 +150,29 @@ class SearchConfig(Strict):
     """``artextract search``: k-NN over a published index for a query vector file, an image_id or an
     image (its detected faces, else the whole painting, embedded with the index's model)."""
 
-    index: str = Field("", description="index root URI")
-    vector: str | None = Field(None, description=".npy URI holding a (d,) or (q, d) float32 query")
+    index: Uri = Field("", description="index root URI")
+    vector: OptUri = Field(None, description=".npy URI holding a (d,) or (q, d) float32 query")
     id: Annotated[str | None, BeforeValidator(_id_as_str)] = Field(
         None, description="query by image_id: its stored vectors (all faces unless face_idx is set)")
-    image: str | None = Field(None, description="query by an image file/URI: each detected face (aligned "
+    image: OptUri = Field(None, description="query by an image file/URI: each detected face (aligned "
                               "crop as in preprocess), else the whole painting, embedded with model")
-    model: str | None = Field(None, description="with image: checkpoint URI or untrained:<backbone> spec; "
+    model: OptUri = Field(None, description="with image: checkpoint URI or untrained:<backbone> spec; "
                               "None = the model recorded with the index (index.json embed, else the "
                               "embed run of its embeddings)")
     decode: DecodeConfig = Field(DecodeConfig(), description="with image: decoding, as in preprocess")
     detect: FacesConfig = Field(FacesConfig(), description="with image: face detection and crops; keep "
                                 "equal to the preprocess run's faces settings so crops match")
     face_idx: int | None = Field(None, description="with id: only this face (-1 = whole image)")
-    embeddings: str | None = Field(None, description="with id: read the query vectors from these embedding "
+    embeddings: OptUri = Field(None, description="with id: read the query vectors from these embedding "
                                    "shards instead of reconstructing them from the index")
     k: int = Field(10, ge=1, le=10_000)
     nprobe: int | None = Field(None, ge=1, description="IVF nprobe; None = the one in index.json")
-    out: str = Field("", description="output dir: results.json, grid.png, summary.json")
-    manifest: str | None = Field(None, description="ingest manifest URI to join metadata by image_id")
+    out: Uri = Field("", description="output dir: results.json, grid.png, summary.json")
+    manifest: OptUri = Field(None, description="ingest manifest URI to join metadata by image_id")
     metadata_columns: tuple[str, ...] = (
         "title", "attribution", "artist", "displaydate", "date", "style", "genre",
         "iiif_thumb_url", "iiif_bounded_url", "iiif_full_url", "uri")
-    faces: str | None = Field(None, description="preprocess output URI: boxes/crops from faces/, whole "
+    faces: OptUri = Field(None, description="preprocess output URI: boxes/crops from faces/, whole "
                               "images from images/ (enables the thumbnail grid)")
     grid: bool = Field(True, description="write grid.png when faces= is given")
     thumb_px: int = Field(128, ge=16, le=1024, description="grid cell side")
@@ -199,10 +199,10 @@ class SearchConfig(Strict):
 class EmbedConfig(Strict):
     """``artextract embed``: preprocess output (faces/ and/or images/) -> embedding shards for the index."""
 
-    input: str = Field("", description="preprocess output URI (faces/part-*.parquet, images/part-*.parquet)")
-    out: str = Field("", description="output URI: part-NNNNN.parquet (image_id, face_idx, vector, "
+    input: Uri = Field("", description="preprocess output URI (faces/part-*.parquet, images/part-*.parquet)")
+    out: Uri = Field("", description="output URI: part-NNNNN.parquet (image_id, face_idx, vector, "
                                      "model_version, yaw, pitch, roll), _plan.json, summary.json")
-    model: str = Field("untrained:resnet18", description="checkpoint URI (artextract.stages.embed."
+    model: Uri = Field("untrained:resnet18", description="checkpoint URI (artextract.stages.embed."
                                                          "save_checkpoint) or untrained:<backbone> / "
                                                          "imagenet:<backbone>")
     what: Literal["faces", "images", "both"] = Field("faces", description="face crops, whole paintings "

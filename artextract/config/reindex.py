@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from artextract.config.core import RayConfig, StorageConfig, Strict
+from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
 from artextract.config.jobs import DecodeConfig, FacesConfig, IngestFolderConfig
 
 
@@ -23,7 +23,7 @@ class ReindexPreprocessConfig(Strict):
 class ReindexEmbedConfig(Strict):
     """The embedding model and settings; they must match the ones the index was built with."""
 
-    model: str = Field("untrained:resnet18", description="checkpoint URI or untrained:/imagenet:<backbone>")
+    model: Uri = Field("untrained:resnet18", description="checkpoint URI or untrained:/imagenet:<backbone>")
     what: Literal["faces", "images", "both"] = "faces"
     image_size: int = Field(160, ge=16)
     dim: int = Field(256, ge=1)
@@ -55,9 +55,9 @@ class ReindexConfig(Strict):
     update the affected shards and publish a new version. The first run (no index yet) or
     ``rebuild=true`` processes the whole collection and builds the index."""
 
-    collection: str = Field("", description="folder or s3:// prefix of the collection's images")
-    index: str = Field("", description="index root URI (CURRENT, LOCK, versions/)")
-    work: str | None = Field(None, description="where the per-change preprocess/embedding outputs go; "
+    collection: Uri = Field("", description="folder or s3:// prefix of the collection's images")
+    index: Uri = Field("", description="index root URI (CURRENT, LOCK, versions/)")
+    work: OptUri = Field(None, description="where the per-change preprocess/embedding outputs go; "
                              "default <index>/work")
     extensions: tuple[str, ...] = IngestFolderConfig().extensions
     include_all_files: bool = False
@@ -82,7 +82,7 @@ class ReindexConfig(Strict):
 class IndexRollbackConfig(Strict):
     """``artextract index rollback``: point CURRENT back at an older kept version."""
 
-    index: str = Field("", description="index root URI")
+    index: Uri = Field("", description="index root URI")
     version: int | None = Field(None, ge=1, description="the kept version to serve")
     force_lock: bool = False
     storage: StorageConfig = StorageConfig()

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from artextract.config.core import RayConfig, StorageConfig, Strict
+from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
 from artextract.config.jobs import DecodeConfig, FacesConfig
 
 __all__ = ["ServeConfig"]
@@ -14,16 +14,16 @@ __all__ = ["ServeConfig"]
 class ServeConfig(Strict):
     """``artextract serve``: JSON API + search page over a published index."""
 
-    index: str = Field("", description="index root URI (CURRENT, versions/)")
+    index: Uri = Field("", description="index root URI (CURRENT, versions/)")
     host: str = Field("127.0.0.1", description="bind address; 127.0.0.1 keeps the server local")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
-    faces: str | None = Field(None, description="preprocess output URI (faces/, images/): boxes, crops, poses; "
+    faces: OptUri = Field(None, description="preprocess output URI (faces/, images/): boxes, crops, poses; "
                               "None = discovered (reindex snapshot deltas, or the embed run behind the index)")
-    manifest: str | None = Field(None, description="ingest manifest URI: title, artist, date, IIIF urls; "
+    manifest: OptUri = Field(None, description="ingest manifest URI: title, artist, date, IIIF urls; "
                                  "None = discovered (reindex snapshot, or the preprocess run's manifest)")
-    reports: str | None = Field(None, description="directory of HTML run reports served under /reports/; "
+    reports: OptUri = Field(None, description="directory of HTML run reports served under /reports/; "
                                 "None = discovered next to a demo index")
-    model: str | None = Field(None, description="embedding model for uploads; None = the index's recorded model")
+    model: OptUri = Field(None, description="embedding model for uploads; None = the index's recorded model")
     k: int = Field(12, ge=1, le=1000, description="results per page by default")
     max_k: int = Field(200, ge=1, le=10_000, description="deepest result (offset + limit) a query may page to")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger than this get 413")

@@ -5,14 +5,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from artextract.config.core import RayConfig, StorageConfig, Strict
+from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri, WeightsUri
 
 
 class ClassifierModelConfig(Strict):
     """CNN backbone -> last feature map read as a sequence -> (bi)GRU/LSTM -> pooled -> one head per task."""
 
     backbone: str = Field("resnet18", description="registry name: resnet18 | resnet34 | resnet50 | efficientnet_b0")
-    weights: str = Field("none", description="none (offline default) | imagenet | URI of a torchvision state dict")
+    weights: WeightsUri = Field("none", description="none (offline default) | imagenet | URI of a torchvision state dict")
     sequence: Literal["rows", "cols", "both"] = Field(
         "both", description="read the feature map top-to-bottom (rows), left-to-right (cols) or both")
     rnn: Literal["gru", "lstm"] = "gru"
@@ -27,7 +27,7 @@ class ClassifierModelConfig(Strict):
 class ClassifierDataConfig(Strict):
     """Where the labelled images come from and how they are split."""
 
-    input: str = Field("", description="preprocess output URI (images/ shards with whole_jpeg and label "
+    input: Uri = Field("", description="preprocess output URI (images/ shards with whole_jpeg and label "
                        "columns) or a manifest URI (images read from its uri column)")
     tasks: tuple[str, ...] = Field(("style", "genre", "artist"), description="label columns, one head each; "
                                    "columns absent from the data are an error")
@@ -95,6 +95,10 @@ class TrainRunConfig(Strict):
     resume: bool = Field(True, description="continue from <out>/checkpoints/last.pt when it exists")
     max_failures: int = Field(2, ge=0, description="Ray Train restarts after a worker crash")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (None = torch default)")
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="parameter and input precision; float64 makes runs with different worker "
+        "counts or CPUs agree to ~1e-12 (float32 summation order differs per CPU kernel): for "
+        "reproducibility checks, not speed")
     fault_after_epoch: int | None = Field(None, ge=1, description="chaos testing: crash once after checkpointing "
                                           "this epoch (Ray Train restarts the workers, which resume)")
 
@@ -102,7 +106,7 @@ class TrainRunConfig(Strict):
 class ClassifierTrainConfig(Strict):
     """``artextract train classifier``: CNN-RNN multi-task style/genre/artist classifier with Ray Train."""
 
-    out: str = Field("", description="run directory: checkpoints/, history.jsonl, splits.parquet, summary.json")
+    out: Uri = Field("", description="run directory: checkpoints/, history.jsonl, splits.parquet, summary.json")
     model: ClassifierModelConfig = ClassifierModelConfig()
     data: ClassifierDataConfig = ClassifierDataConfig()
     optim: OptimConfig = OptimConfig()
@@ -115,12 +119,12 @@ class ClassifierTrainConfig(Strict):
 class EvaluateClassifierConfig(Strict):
     """``artextract evaluate classifier``: metrics, confusion matrices, t-SNE, outliers, HTML report."""
 
-    run: str = Field("", description="training run directory (checkpoints/{best,last}.pt, splits.parquet)")
+    run: Uri = Field("", description="training run directory (checkpoints/{best,last}.pt, splits.parquet)")
     checkpoint: Literal["best", "last"] = "best"
-    input: str | None = Field(None, description="preprocess output or manifest URI; None = the run's input")
+    input: OptUri = Field(None, description="preprocess output or manifest URI; None = the run's input")
     split: Literal["test", "val", "train", "all"] = Field(
         "test", description="rows of the run's split to evaluate; 'all' for a new collection")
-    out: str = ""
+    out: Uri = ""
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tsne_max_points: int = Field(2000, ge=10)
@@ -137,7 +141,7 @@ class NearDuplicateConfig(Strict):
     """Near-duplicate protocol: embed augmented copies of images and find their originals."""
 
     enabled: bool = False
-    model: str = Field("", description="model spec/checkpoint that produced the embeddings")
+    model: Uri = Field("", description="model spec/checkpoint that produced the embeddings")
     images: int = Field(200, ge=2, description="originals sampled from the preprocess output")
     copies: int = Field(2, ge=1, description="augmented copies per original")
     image_size: int = Field(160, ge=16)
@@ -149,18 +153,20 @@ class NearDuplicateConfig(Strict):
                               "verification (SIFT + RANSAC inliers, stages/verify.py) and report verified_* "
                               "metrics; 0 = off")
     verify_min_inliers: int = Field(5, ge=3, description="inliers that make a pair 'the same picture'")
+    baseline: str | None = Field(None, description="also measure this model spec (e.g. untrained:resnet18) "
+                                 "on the same originals and copies, reported under baseline")
 
 
 class EvaluateSimilarityConfig(Strict):
     """``artextract evaluate similarity``: retrieval metrics, cosine distributions, SSIM/RMSE, query grid."""
 
-    embeddings: str = Field("", description="embedding shards (image_id, face_idx, vector, ...)")
-    out: str = ""
-    labels: str | None = Field(None, description="manifest/preprocess URI holding image_id + label_column")
+    embeddings: Uri = Field("", description="embedding shards (image_id, face_idx, vector, ...)")
+    out: Uri = ""
+    labels: OptUri = Field(None, description="manifest/preprocess URI holding image_id + label_column")
     label_column: str | None = Field(None, description="e.g. artist or sitter: same label = relevant")
     what: Literal["faces", "images", "all"] = "all"
     ks: tuple[int, ...] = (1, 5, 10)
-    preprocess: str | None = Field(None, description="preprocess output: crops for SSIM/RMSE and the grid")
+    preprocess: OptUri = Field(None, description="preprocess output: crops for SSIM/RMSE and the grid")
     queries: int = Field(16, ge=1, description="sample queries for SSIM/RMSE and the grid")
     grid_k: int = Field(5, ge=1)
     near_duplicate: NearDuplicateConfig = NearDuplicateConfig()
@@ -172,7 +178,7 @@ class SimilarityModelConfig(Strict):
     """EmbeddingNet: backbone -> pool -> projection head -> unit sphere."""
 
     backbone: str = Field("resnet50", description="resnet50 | resnet34 | resnet18 | efficientnet_b0")
-    weights: str = Field("none", description="none | imagenet | URI of a torchvision state dict")
+    weights: WeightsUri = Field("none", description="none | imagenet | URI of a torchvision state dict")
     dim: int = Field(256, ge=2)
     pool: Literal["avg", "max", "gem"] = "avg"
     hidden: int | None = Field(None, ge=2, description="projection hidden width (None = backbone channels)")
@@ -181,14 +187,14 @@ class SimilarityModelConfig(Strict):
 class ExtraInputConfig(Strict):
     """A further preprocess output whose rows only add training instances."""
 
-    input: str = Field(description="preprocess output URI")
+    input: Uri = Field(description="preprocess output URI")
     what: Literal["faces", "images"] = "images"
 
 
 class SimilarityDataConfig(Strict):
     """Which crops, and what makes two of them a positive pair."""
 
-    input: str = Field("", description="preprocess output URI (faces/ crop_jpeg, images/ whole_jpeg)")
+    input: Uri = Field("", description="preprocess output URI (faces/ crop_jpeg, images/ whole_jpeg)")
     what: Literal["faces", "images"] = "faces"
     positives: Literal["instance", "label"] = Field(
         "instance", description="instance: augmented views of the same crop (reproductions); label: rows "
@@ -198,7 +204,7 @@ class SimilarityDataConfig(Strict):
         default_factory=list, description="with positives=instance: more preprocess outputs (e.g. a larger "
         "painting corpus) whose crops or paintings join the training instances only, never validation; "
         "YAML list of {input, what}")
-    labels: str | None = Field(None, description="URI holding image_id + label_column (default: input's images/)")
+    labels: OptUri = Field(None, description="URI holding image_id + label_column (default: input's images/)")
     min_per_label: int = Field(2, ge=1, description="labels with fewer rows are dropped (counted)")
     image_size: int = Field(128, ge=32)
     p: int = Field(8, ge=2, description="labels (or instances) per batch")
@@ -224,7 +230,7 @@ class SimilarityLossConfig(Strict):
 class SimilarityTrainConfig(Strict):
     """``artextract train similarity``: Siamese/triplet metric learning on faces or paintings."""
 
-    out: str = Field("", description="run directory: checkpoints/, model.pt (embed format), history, summary")
+    out: Uri = Field("", description="run directory: checkpoints/, model.pt (embed format), history, summary")
     model: SimilarityModelConfig = SimilarityModelConfig()
     data: SimilarityDataConfig = SimilarityDataConfig()
     loss: SimilarityLossConfig = SimilarityLossConfig()

@@ -119,6 +119,13 @@ def near_duplicate(originals: list[bytes], cfg: NearDuplicateConfig, seed: int =
         "mean_rank": float(rank.mean())}
     for k in RECALL_KS:
         out[f"recall@{k}"] = float((rank <= k).mean())
+    if cfg.baseline:
+        # The same originals and copies through the baseline model: what training bought.
+        base = EmbedStage(cfg.baseline, image_size=cfg.image_size, device=device, storage_cfg=storage_cfg)
+        b_rank, b_own = copy_ranks(base.embed(originals), base.embed(copies), owner)
+        out["baseline"] = {"model": cfg.baseline, "mrr": float((1.0 / b_rank).mean()),
+                           "mean_cosine": float(b_own.mean()),
+                           **{f"recall@{k}": float((b_rank <= k).mean()) for k in RECALL_KS}}
     if cfg.verify_top_k:
         out.update(_verified(orig_v, copy_v, owner, originals, copies, cfg, seed))
     log.info("near-duplicate: %s", {k: out[k] for k in ("recall@1", "recall@5", "mean_cosine")})

@@ -51,7 +51,10 @@ class MultiTaskLoss(nn.Module):
         for t in self.tasks:
             y = targets[t]
             mask = y >= 0
-            ce = F.cross_entropy(logits[t].float(), y.clamp(min=0), weight=getattr(self, f"w_{t}"),
+            # Half-precision logits (AMP) are upcast for the softmax; float64 ones stay float64.
+            z = logits[t].to(torch.promote_types(logits[t].dtype, torch.float32))
+            w = getattr(self, f"w_{t}")
+            ce = F.cross_entropy(z, y.clamp(min=0), weight=None if w is None else w.to(z.dtype),
                                  label_smoothing=self.smoothing, reduction="none")
             loss_t = (ce * mask).sum() / (len(y) * self.fraction[t])
             parts[t] = float(loss_t.detach())

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract import storage
+from artextract import console, storage
 from artextract.config import EmbedConfig, StorageConfig
 from artextract.manifest import shard_name
 from artextract.pipelines import shards
@@ -143,6 +143,8 @@ def _run_ray(cfg: EmbedConfig, work: pa.Table) -> tuple[int, float]:
     starts = [0, *bounds.tolist()]
     ends = [*bounds.tolist(), len(keys)]
     ds = ray.data.from_arrow([keys.slice(a, b - a) for a, b in zip(starts, ends)])
+    # More actors than blocks would only idle (and Ray Data warns about it).
+    actors = min(actors, len(starts))
     # batch_size=None: one block (= one chunk) per call, so a chunk is never split across batches.
     ds = ds.map_batches(read_jpegs, fn_kwargs={"storage_cfg": cfg.storage}, batch_size=None,
                         batch_format="pyarrow", num_cpus=cfg.read_cpus)
@@ -156,12 +158,13 @@ def _run_ray(cfg: EmbedConfig, work: pa.Table) -> tuple[int, float]:
     sizes = {int(k): int(v) for k, v in zip(*np.unique(work["shard"].to_numpy(), return_counts=True))}
     ds = ds.map_batches(EmbedShardWriter, fn_constructor_args=(cfg.out, cfg.storage, sizes),
                         batch_size=None, batch_format="pyarrow", num_cpus=0, compute=ActorPoolStrategy(size=1))
-    t0, rows, written = time.perf_counter(), 0, 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for stat in batch.to_pylist():
-            written += 1
-            rows += stat["rows"]
-            log.info("embedding shard %d written (%d/%d): %d vectors", stat["shard"], written, len(sizes), stat["rows"])
+    t0, rows = time.perf_counter(), 0
+    with console.progress(total=len(work), desc="embed", unit="vec") as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for stat in batch.to_pylist():
+                rows += stat["rows"]
+                log.debug("embedding shard %d written: %d vectors", stat["shard"], stat["rows"])
+                bar.update(stat["rows"])
     return rows, time.perf_counter() - t0
 
 

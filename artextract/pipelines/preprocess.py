@@ -14,7 +14,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract import manifest as mf
+from artextract import console, manifest as mf
 from artextract import storage
 from artextract.config import PreprocessConfig
 from artextract.pipelines import shards
@@ -72,6 +72,7 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
     keys = work.select(["image_id", "uri", "shard"])
     blocks = [keys.slice(i, cfg.decode_batch) for i in range(0, len(keys), cfg.decode_batch)]
     ds = ray.data.from_arrow(blocks)
+    actors = min(actors, len(blocks))  # more detectors than blocks would only idle (Ray Data warns)
     ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
                         batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",
                         compute=ActorPoolStrategy(min_size=1, max_size=max(2, int(cpus))))
@@ -82,13 +83,15 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
     ds = ds.map_batches(ShardWriter, fn_constructor_args=(cfg.out, cfg.storage, work, cfg.faces.crop_size),
                         batch_size=None, batch_format="pyarrow", num_cpus=0,  # I/O only
                         compute=ActorPoolStrategy(size=1))
-    t0, rows, written, n_shards = time.perf_counter(), 0, 0, len(set(work["shard"].to_pylist()))
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for stat in batch.to_pylist():
-            written += 1
-            rows += stat["rows"]
-            log.info("shard %d written (%d/%d): %d images, %d faces, %d quarantined", stat["shard"],
-                     written, n_shards, stat["rows"], stat["faces"], stat["quarantined"])
+    t0, rows, faces, quarantined = time.perf_counter(), 0, 0, 0
+    with console.progress(total=len(work), desc="preprocess", unit="img") as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for stat in batch.to_pylist():
+                rows, faces, quarantined = rows + stat["rows"], faces + stat["faces"], quarantined + stat["quarantined"]
+                log.debug("shard %d written: %d images, %d faces, %d quarantined", stat["shard"],
+                          stat["rows"], stat["faces"], stat["quarantined"])
+                bar.set_postfix(faces=faces, quarantined=quarantined, refresh=False)
+                bar.update(stat["rows"])
     return rows, time.perf_counter() - t0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
+from artextract import console
 from artextract.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -16,12 +17,26 @@ def init_ray(cfg: RayConfig):
     if ray.is_initialized():
         return ray
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(ignore_reinit_error=True, log_to_driver=True, configure_logging=False)
+    console.quiet_ray()
+    # Workers' output (Ray's internal warnings in its controller and data actors) stays in Ray's log
+    # files unless -v: our console is the driver's progress bars and summary.
+    kwargs = dict(ignore_reinit_error=True, log_to_driver=console.verbose() or bool(address),
+                  configure_logging=False)
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, **kwargs)
-    log.info("ray resources: %s", ray.cluster_resources())
+        # Workers' log files as readable as the driver's (Ray's internal noise out unless -v); a
+        # submitted job brings its own runtime_env, so the hook is only set for a local Ray.
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook": "artextract.console.worker_setup"}, **kwargs)
+    if not console.verbose():
+        # One progress bar per stage is ours (artextract.console.progress); Ray Data's own would
+        # print a block of operator lines every few seconds in a non-interactive console.
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+    log.info("ray: %s", ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items())
+                                  if k in ("CPU", "GPU")))
     return ray
 
 

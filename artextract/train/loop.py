@@ -110,8 +110,17 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
 def _prepare(model: nn.Module, ctx: WorkerContext, run: TrainRunConfig) -> nn.Module:
     model = model.to(ctx.device)
+    if run.dtype == "float64":
+        # Batches are decoded as float32; the hook casts them (training and validation alike).
+        model = model.double()
+        model.register_forward_pre_hook(_cast_inputs)
     if ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         if run.sync_bn and ctx.world > 1 and not run.freeze_bn:
@@ -123,7 +132,7 @@ def _prepare(model: nn.Module, ctx: WorkerContext, run: TrainRunConfig) -> nn.Mo
 
 
 def _amp_dtype(ctx: WorkerContext, run: TrainRunConfig) -> torch.dtype | None:
-    if not (run.amp and ctx.device.type == "cuda"):
+    if not (run.amp and ctx.device.type == "cuda") or run.dtype == "float64":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 

@@ -8,8 +8,11 @@ the job both resume from ``<out>/checkpoints/last.pt``.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,7 +22,7 @@ import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from artextract import storage
+from artextract import console, storage
 from artextract.config import OptimConfig, StorageConfig, TrainRunConfig
 from artextract.train.loop import Task, WorkerContext, fit
 
@@ -91,6 +94,39 @@ def launch(spec: Launch, name: str, datasets: dict[str, Any] | None = None) -> N
         datasets=datasets or {})
     log.info("training %s on %d %s worker(s), global batch %d", name, spec.run.workers,
              "GPU" if use_gpu else "CPU", spec.run.batch_size)
-    result = trainer.fit()
+    with _epoch_progress(spec, name):
+        result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
+
+
+@contextlib.contextmanager
+def _epoch_progress(spec: Launch, name: str, every_s: float = 2.0):
+    """A driver-side progress bar over epochs, fed by the ``history.jsonl`` rank 0 writes after
+    each epoch: the workers' own console stays in their Ray log files."""
+    uri = storage.join(spec.out, "history.jsonl")
+    stop = threading.Event()
+    bar = console.progress(total=spec.run.epochs, desc=name.replace("_", " "), unit="epoch")
+
+    def poll() -> None:
+        while True:
+            try:
+                rows = [json.loads(x) for x in storage.read_bytes(uri, spec.storage).decode().splitlines() if x.strip()]
+            except (FileNotFoundError, OSError, ValueError):
+                rows = []
+            if rows:
+                last = rows[-1]
+                bar.set_postfix({k: round(v, 4) for k, v in last.items()
+                                 if k in ("train_loss", "val_score") and isinstance(v, float)}, refresh=False)
+                bar.update(min(len(rows), spec.run.epochs) - bar.n)
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=poll, name="epoch-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        bar.close()
