@@ -29,8 +29,10 @@ HTTP_SCHEMES = ("http://", "https://")
 # with the fault proxy of bench/reliability.py). Whole-object operations are idempotent, so we
 # retry those a few more times; missing keys and denied access are final at once.
 _S3_OUTER_ATTEMPTS = 5
+# An endpoint that cannot be reached at all (curl 6: host not resolved, 7: connection refused) has
+# had the SDK's own retries already; five more rounds of backoff would only delay the error by 17 s.
 _S3_FINAL = ("NO_SUCH_KEY", "NoSuchKey", "NO_SUCH_BUCKET", "NoSuchBucket", "ACCESS_DENIED", "AccessDenied",
-             "Forbidden", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH")
+             "Forbidden", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "curlCode: 6,", "curlCode: 7,")
 
 
 def _transient_s3(exc: BaseException) -> bool:

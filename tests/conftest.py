@@ -75,9 +75,10 @@ def ray_session(s3_endpoint):
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, ignore_reinit_error=True)
+    from artextract.config import RayConfig
+    from artextract.pipelines.ray_env import init_ray
+
+    init_ray(RayConfig(num_cpus=2))  # the jobs' own local-Ray start (no RAY_ADDRESS in tests)
     yield ray
     ray.shutdown()
 

@@ -290,21 +290,28 @@ def test_submitted_ingest_and_preprocess_run_on_the_head(ray_head, sample_images
 
 @pytest.mark.slow
 def test_submitted_classifier_training_with_two_workers(ray_head, tmp_path):
-    """jobs/train_classifier.py as a Ray job: Ray Train with 2 DDP workers on the head, then evaluate."""
+    """jobs/train_classifier.py as a Ray job: Ray Train with 2 DDP workers fed by the streaming Ray
+    Data loader (data.loader=ray_data, augmentation on, BatchNorm training), then evaluate."""
+    import math
+
     from artextract.synthetic_styles import write_labelled_collection
 
     manifest = write_labelled_collection(str(tmp_path / "styles"), per_style=8, size=40)
     run = tmp_path / "run"
     job = _submit(ray_head, f"jobs/train_classifier.py --input {manifest} --out {run} --workers 2 "
                             "data.image_size=32 model.reduce_channels=16 model.hidden=8 train.batch_size=8 "
-                            "train.epochs=2 train.cpus_per_worker=0.5 data.decode_cpus=0.25")
+                            "train.epochs=3 train.cpus_per_worker=0.5 data.decode_cpus=0.25 data.loader=ray_data "
+                            "data.augment=true train.freeze_bn=false")
     status, wall = _wait(ray_head, job, timeout=360)
     logs = ray_head.get_job_logs(job)
     print(f"[ray head] train_classifier job {status} in {wall:.1f} s")
     assert status == "SUCCEEDED", logs[-4000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["counts"]["epochs_completed"] == 2 and (run / "checkpoints" / "best.pt").exists()
+    assert summary["counts"]["epochs_completed"] == 3 and (run / "checkpoints" / "best.pt").exists()
     assert "world_rank=1" in logs  # the second DDP worker really ran
+    hist = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2, 3] and all(math.isfinite(h["train_loss"]) for h in hist)
+    assert (run / "splits.parquet").exists() and (run / "config.resolved.yaml").exists()
     from artextract.cli import main
 
     assert main(["evaluate", "classifier", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0

@@ -40,7 +40,7 @@ def test_every_location_field_is_a_path_field(verb):
     schema = getattr(C, verb.schema)
     for section in _sections(schema):
         for name, info in section.model_fields.items():
-            if name in _PATHISH:
+            if name in _PATHISH and set(typing.get_args(info.annotation) or [info.annotation]) <= {str, type(None)}:
                 assert any(isinstance(m, PathField) for m in info.metadata), f"{section.__name__}.{name}"
 
 
@@ -97,10 +97,15 @@ def test_demo_default_out_is_relative_and_works(demo_full):
 def test_ray_verbs_with_relative_paths(demo_full, ray_session, monkeypatch, capsys):
     """search, embed, index build, both evaluations and reindex, from the demo's directory with
     relative paths only (the demo itself ran preprocess and both trainings that way)."""
+    import shutil
+
     out, _ = demo_full
     base = out.parent.parent
     monkeypatch.chdir(base)
     d = "runs/demo"
+    (base / "rel" / "coll").mkdir(parents=True)
+    for name in ("astronaut.jpg", "landscape_1.jpg"):  # a small collection for reindex
+        shutil.copy(out / "sample_collection" / name, base / "rel" / "coll" / name)
     model = f"{d}/similarity/run/model.pt"
     steps = [
         ["embed", "--model", model, "--input", f"{d}/preprocess", "--out", "rel/emb", "image_size=64"],
@@ -110,8 +115,8 @@ def test_ray_verbs_with_relative_paths(demo_full, ray_session, monkeypatch, caps
         ["evaluate", "similarity", "--embeddings", "rel/emb", "--preprocess", f"{d}/preprocess",
          "--out", "rel/sim-eval", "queries=4", "grid_k=2"],
         ["evaluate", "classifier", "--run", f"{d}/classifier/run", "--out", "rel/clf-eval", "tsne_max_points=20"],
-        ["reindex", "--collection", f"{d}/sample_collection", "--index", "rel/reindexed", "--model", model,
-         "embed.image_size=64", "build.shards=2"],
+        ["reindex", "--collection", "rel/coll", "--index", "rel/reindexed", "--model", model,
+         "embed.image_size=64", "build.shards=2", "preprocess.decode.detect_max_side=512"],
     ]
     for argv in steps:
         assert main(argv) == 0, (argv, capsys.readouterr().err[-2000:])

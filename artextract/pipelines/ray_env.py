@@ -25,6 +25,9 @@ def init_ray(cfg: RayConfig):
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # A single-node local Ray is never drained (spot reclaim): Ray Train's preemption watcher,
+        # one more actor process per training run, has nothing to watch there.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # Workers' log files as readable as the driver's (Ray's internal noise out unless -v); a
         # submitted job brings its own runtime_env, so the hook is only set for a local Ray.
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False,
