@@ -116,6 +116,13 @@ VERBS: tuple[Verb, ...] = (
           Flag("--labels", "labels", "manifest/preprocess URI with the label column"),
           Flag("--label-column", "label_column", "label column (e.g. artist): same label = relevant"),
           Flag("--preprocess", "preprocess", "preprocess output (crops for SSIM/RMSE and the grid)")) + _STORAGE),
+    Verb(("evaluate", "faces"), "EvaluateFacesConfig", "artextract.eval.faces:run",
+         "detected faces vs hand labels: box precision/recall/AP, prominent-face and faceless-image rates, "
+         "recall by pose, an error grid",
+         (Flag("--preprocess", "preprocess", "preprocess output URI"),
+          Flag("--labels", "labels", "labels CSV URI"),
+          Flag("--split", "split", "dev | test | all"),
+          Flag("--out", "out", "report directory")) + _STORAGE),
     Verb(("search",), "SearchConfig", "artextract.index.jobs:run_search",
          "k-NN search of a published index by query vector (.npy), image_id or image -> results.json + grid.png",
          (Flag("--index", "index", "index root URI"),

@@ -174,6 +174,24 @@ class EvaluateSimilarityConfig(Strict):
     storage: StorageConfig = StorageConfig()
 
 
+class EvaluateFacesConfig(Strict):
+    """``artextract evaluate faces``: a preprocess run's detected faces against hand labels (CSV)."""
+
+    preprocess: Uri = Field("", description="preprocess output (faces/ boxes + prob, images/ whole_jpeg)")
+    labels: Uri = Field("", description="labels CSV: image_id, face_idx, x1, y1, x2, y2 (original pixels), "
+                        "size (prominent|small), pose (frontal|profile|other); empty face_idx = faceless image; "
+                        "optional split (dev|test)")
+    out: Uri = ""
+    split: Literal["all", "dev", "test"] = Field("test", description="which half of the labelled images: tune "
+                                                 "on dev, report on test (a stable hash of image_id when the CSV "
+                                                 "has no split column)")
+    iou: float = Field(0.5, gt=0, lt=1, description="IoU that makes a detection match a labelled face")
+    min_prob: float | None = Field(None, ge=0, le=1, description="also drop detections below this score "
+                                   "(None: every face the preprocess run kept)")
+    grid_max: int = Field(24, ge=1, description="misses and false positives each shown in errors.png")
+    storage: StorageConfig = StorageConfig()
+
+
 class SimilarityModelConfig(Strict):
     """EmbeddingNet: backbone -> pool -> projection head -> unit sphere."""
 

@@ -25,6 +25,7 @@ from artextract.stages.read import ReadDecodeStage
 from artextract.stages.write import ShardWriter
 
 log = logging.getLogger(__name__)
+IMAGES_PER_EXTRA_DETECTOR = 16
 TABLES = ("images", "faces", "quarantine")
 
 
@@ -72,6 +73,11 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
     keys = work.select(["image_id", "uri", "shard"])
     blocks = [keys.slice(i, cfg.decode_batch) for i in range(0, len(keys), cfg.decode_batch)]
     ds = ray.data.from_arrow(blocks)
+    if not cfg.detector_actors:
+        # A detector actor costs ~5 CPU-s to start (torch + torchvision import, MTCNN load): about
+        # 10 NGA images' detection (naive loop 2.2 img/s, docs/benchmarks.md). Each actor gets at
+        # least 16 images, so small jobs (a nightly reindex delta, a sample) start fewer.
+        actors = min(actors, max(1, len(work) // IMAGES_PER_EXTRA_DETECTOR))
     actors = min(actors, len(blocks))  # more detectors than blocks would only idle (Ray Data warns)
     ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
                         batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",

@@ -1,0 +1,41 @@
+"""The console is for people: our INFO lines by default, third-party INFO and Ray's internal
+notices only with -v (each case in a fresh interpreter: logging is per-process state)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = """
+import logging, os
+from artextract import console
+console.setup({verbose})
+logging.getLogger("faiss.loader").info("faiss-info")
+logging.getLogger("matplotlib.font_manager").info("font-cache-info")
+logging.getLogger("ray._private.authentication.authentication_token_setup").warning("token-auth-notice")
+logging.getLogger("artextract.pipelines.preprocess").info("our-progress")
+logging.getLogger("artextract.stages.read").warning("our-warning")
+print("backend", os.environ.get("RAY_BACKEND_LOG_LEVEL"), "verbose", os.environ["ARTEXTRACT_VERBOSE"])
+"""
+
+
+def _run(verbose: bool) -> str:
+    env = {"PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(verbose=verbose)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_default_console_keeps_ours_and_drops_library_noise():
+    out = _run(False)
+    assert "our-progress" in out and "WARNING artextract.stages.read: our-warning" in out
+    for noise in ("faiss-info", "font-cache-info", "token-auth-notice"):
+        assert noise not in out, noise
+    assert "backend fatal verbose 0" in out  # the core worker's C++ log is quiet too
+
+
+def test_verbose_console_shows_everything():
+    out = _run(True)
+    for line in ("faiss-info", "font-cache-info", "token-auth-notice", "our-progress", "our-warning"):
+        assert line in out, line
+    assert "backend None verbose 1" in out
