@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -132,8 +133,12 @@ def test_pipeline_rerun_identical_and_search(demo, tmp_path, capsys):
     assert _embed(demo, a, "both", "seed=1") == 1
     assert _embed(demo, a, "faces") == 1
     assert "different input, model" in capsys.readouterr().err
-    # A second run into a new dir gives bit-identical vectors.
-    assert _embed(demo, b, "both", "actors=1") == 0
+    # A second run into a new dir gives bit-identical vectors; given relative paths, as a user types
+    # them from another directory (the actor resolves nothing itself: the config carries absolute paths).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert main(["embed", "--model", SPEC, "--input", os.path.relpath(demo), "--out", "b", "--what", "both",
+                     *TINY, "actors=1"]) == 0
     tb = _read(b)
     assert tb.select(["image_id", "face_idx"]).equals(ta.select(["image_id", "face_idx"]))
     np.testing.assert_array_equal(_vectors(tb), _vectors(ta))

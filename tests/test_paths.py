@@ -95,8 +95,9 @@ def test_demo_default_out_is_relative_and_works(demo_full):
 
 @pytest.mark.slow
 def test_ray_verbs_with_relative_paths(demo_full, ray_session, monkeypatch, capsys):
-    """search, embed, index build, both evaluations and reindex, from the demo's directory with
-    relative paths only (the demo itself ran preprocess and both trainings that way)."""
+    """index build, search, both evaluations and reindex, from the demo's directory with relative
+    paths only (the demo itself ran preprocess, both trainings and embed that way; test_embed runs the
+    embed verb with relative paths)."""
     import shutil
 
     out, _ = demo_full
@@ -108,11 +109,10 @@ def test_ray_verbs_with_relative_paths(demo_full, ray_session, monkeypatch, caps
         shutil.copy(out / "sample_collection" / name, base / "rel" / "coll" / name)
     model = f"{d}/similarity/run/model.pt"
     steps = [
-        ["embed", "--model", model, "--input", f"{d}/preprocess", "--out", "rel/emb", "image_size=64"],
-        ["index", "build", "--embeddings", "rel/emb", "--out", "rel/index", "--shards", "2"],
+        ["index", "build", "--embeddings", f"{d}/similarity/embeddings", "--out", "rel/index", "--shards", "2"],
         ["search", "--index", "rel/index", "--id", "astronaut", "-k", "3", "--faces", f"{d}/preprocess",
          "--out", "rel/q"],
-        ["evaluate", "similarity", "--embeddings", "rel/emb", "--preprocess", f"{d}/preprocess",
+        ["evaluate", "similarity", "--embeddings", f"{d}/similarity/embeddings", "--preprocess", f"{d}/preprocess",
          "--out", "rel/sim-eval", "queries=4", "grid_k=2"],
         ["evaluate", "classifier", "--run", f"{d}/classifier/run", "--out", "rel/clf-eval", "tsne_max_points=20"],
         ["reindex", "--collection", "rel/coll", "--index", "rel/reindexed", "--model", model,

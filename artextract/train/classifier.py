@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from torch import nn
 
 from artextract import storage
@@ -105,6 +104,10 @@ class ClassifierTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        # Imported here: rank 0 validates, while the Ray Train controller and every worker import
+        # this module (sklearn.metrics adds ~1.3 s to each process start).
+        from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
         val = self.prep.tables["val"]
         if len(val) == 0:
             return {}
