@@ -113,16 +113,18 @@ def _weights(out) -> dict[str, torch.Tensor]:
 def one_worker_run(ray_session, collection, tmp_path_factory):
     from artextract.train.classifier import run
 
+    # The reference: the plain loop in this process (train.launcher=process), 1 worker x batch B.
     out = tmp_path_factory.mktemp("w1")
-    return out, run(_cfg(collection, out))
+    return out, run(_cfg(collection, out, **{"train.launcher": "process"}))
 
 
 @pytest.mark.slow
 def test_two_workers_crash_after_epoch_and_resume_to_the_one_worker_result(ray_session, collection, one_worker_run,
                                                                           tmp_path):
     """Two checks that each need a whole Ray Train run, on one run (one worker-group start saved):
-    2 DDP workers train to the 1-worker weights, and a crash after epoch 1 (the worker group restarted
-    by FailureConfig, resumed from last.pt) changes nothing: same history, score and weights."""
+    2 DDP Ray Train workers train to the weights of the plain loop in one process, and a crash after
+    epoch 1 (the worker group restarted by FailureConfig, resumed from last.pt) changes nothing:
+    same history, score and weights."""
     import json
 
     from artextract.train.classifier import run
@@ -204,3 +206,15 @@ def test_flip_tta_makes_predictions_mirror_invariant(tmp_path):
     assert np.abs(plain["style"][0] - plain["style"][1]).max() > 1e-4
     np.testing.assert_allclose(flipped["style"][0], flipped["style"][1], atol=1e-5)
     np.testing.assert_allclose(feats[0], feats[1], atol=1e-5)
+
+
+def test_process_launcher_is_one_local_worker():
+    from artextract.config import ConfigError
+
+    with pytest.raises(ConfigError, match="runs 1 worker"):
+        load_config(ClassifierTrainConfig, overrides=["train.launcher=process", "train.workers=2",
+                                                      "data.loader=local"])
+    with pytest.raises(ConfigError, match="needs data.loader=local"):
+        load_config(ClassifierTrainConfig, overrides=["train.launcher=process"])
+    assert load_config(ClassifierTrainConfig, overrides=["train.launcher=process", "data.loader=local"]
+                       ).train.launcher == "process"

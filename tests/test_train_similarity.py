@@ -111,7 +111,7 @@ def test_two_workers_match_one_and_model_embeds(ray_session, pre, tmp_path):
     # Cosine distance: the euclidean sqrt near zero amplifies that noise; GatherLoss over 2 ranks
     # with euclidean distance is checked on the loss in test_losses.
     f64 = {"train.dtype": "float64"}
-    s1 = run(_cfg(pre, tmp_path / "w1", **f64))
+    s1 = run(_cfg(pre, tmp_path / "w1", **f64, **{"train.launcher": "process"}))  # the plain loop, no Ray
     run(_cfg(pre, tmp_path / "w2", **f64, **{"train.workers": 2}))
     w1, w2 = _weights(tmp_path / "w1"), _weights(tmp_path / "w2")
     assert s1["counts"]["steps"] == 6

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri, WeightsUri
 
@@ -86,6 +86,9 @@ class TrainRunConfig(Strict):
     time_budget_s: float | None = Field(None, gt=0, description="stop (validate + checkpoint) after this long")
     eval_every: int = Field(1, ge=1, description="validate every N epochs")
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    launcher: Literal["ray", "process"] = Field(
+        "ray", description="ray: Ray Train workers (DDP, restarts, a cluster's GPUs); process: the same training "
+        "loop in this process, 1 worker, no Ray (debugging, tiny runs, a reference for equivalence checks)")
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool | None = Field(None, description="None = when the cluster has GPUs")
     amp: bool = Field(True, description="bf16/fp16 autocast on GPU (ignored on CPU)")
@@ -102,6 +105,13 @@ class TrainRunConfig(Strict):
     fault_after_epoch: int | None = Field(None, ge=1, description="chaos testing: crash once after checkpointing "
                                           "this epoch (Ray Train restarts the workers, which resume)")
 
+    @model_validator(mode="after")
+    def _one_process_worker(self):
+        if self.launcher == "process" and self.workers != 1:
+            raise ValueError(f"train.launcher=process runs 1 worker, not train.workers={self.workers}: use "
+                             "train.launcher=ray for DDP")
+        return self
+
 
 class ClassifierTrainConfig(Strict):
     """``artextract train classifier``: CNN-RNN multi-task style/genre/artist classifier with Ray Train."""
@@ -114,6 +124,12 @@ class ClassifierTrainConfig(Strict):
     train: TrainRunConfig = TrainRunConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _process_reads_locally(self):
+        if self.train.launcher == "process" and self.data.loader != "local":
+            raise ValueError("train.launcher=process needs data.loader=local (Ray Data streams to Ray workers)")
+        return self
 
 
 class EvaluateClassifierConfig(Strict):

@@ -164,8 +164,8 @@ def _finite(x: float) -> float | None:
 
 def run(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     """Train the classifier into ``cfg.out``; returns the summary (also written as summary.json)."""
-    from artextract.pipelines.ray_env import init_ray
-    from artextract.train import ray_train
+    from artextract.train.launch import launch
+    from artextract.train.loop import Launch
 
     if not cfg.out or not cfg.data.input:
         raise ValueError("train classifier needs out= and data.input=")
@@ -176,15 +176,17 @@ def run(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     steps = n["train"] // cfg.train.batch_size
     if steps == 0:
         raise ValueError(f"{n['train']} training rows cannot fill one batch of {cfg.train.batch_size}")
-    init_ray(cfg.ray)
-    spec = ray_train.Launch(make_task=lambda: ClassifierTask(cfg, prep), run=cfg.train, optim=cfg.optim,
-                            out=cfg.out, storage=cfg.storage, steps_per_epoch=steps,
-                            local_batches=_local_batches if cfg.data.loader == "local" else None,
-                            shuffle_buffer=4 * cfg.train.batch_size)
+    spec = Launch(make_task=lambda: ClassifierTask(cfg, prep), run=cfg.train, optim=cfg.optim,
+                  out=cfg.out, storage=cfg.storage, steps_per_epoch=steps,
+                  local_batches=_local_batches if cfg.data.loader == "local" else None,
+                  shuffle_buffer=4 * cfg.train.batch_size)
     datasets = None
     if cfg.data.loader == "ray_data":
+        from artextract.pipelines.ray_env import init_ray
+
+        init_ray(cfg.ray)
         datasets = {"train": _dataset(cfg, prep.tables["train"], ClassifierTask(cfg, prep).batch_maker(True))}
-    ray_train.launch(spec, "train_classifier", datasets)
+    launch(spec, "train_classifier", cfg.ray, datasets)
     job.lap("train")
     from artextract.train import checkpoint as ckpt
 

@@ -56,6 +56,38 @@ class WorkerContext:
     report: Callable[[dict[str, Any]], None] = field(default=lambda m: None)
 
 
+@dataclass
+class Launch:
+    """Everything a worker needs to run :func:`fit`, whoever launches it (shipped once to Ray Train
+    workers through ``train_loop_config``)."""
+
+    make_task: Callable[[], Task]
+    run: TrainRunConfig
+    optim: OptimConfig
+    out: str
+    storage: StorageConfig
+    steps_per_epoch: int
+    # For the local loader: (task, epoch, start, rank, world) -> batches. None = Ray Data "train" shard.
+    local_batches: Callable[[Any, int, int, int, int], Any] | None = None
+    shuffle_buffer: int = 0
+
+
+def fit_in_process(spec: Launch) -> dict[str, Any]:
+    """``train.launcher=process``: :func:`fit` as rank 0 of 1 in this process, no Ray (the same loop,
+    seeds, checkpoints and resume as one Ray Train worker). Restores torch's thread count after."""
+    if spec.local_batches is None:
+        raise ValueError("train.launcher=process needs a local batch source (data.loader=local)")
+    use_gpu = torch.cuda.is_available() if spec.run.use_gpu is None else spec.run.use_gpu
+    task, threads = spec.make_task(), torch.get_num_threads()
+    ctx = WorkerContext(rank=0, world=1, device=torch.device("cuda" if use_gpu else "cpu"),
+                        steps_per_epoch=spec.steps_per_epoch,
+                        batches=lambda epoch, start: spec.local_batches(task, epoch, start, 0, 1))
+    try:
+        return fit(task, ctx, spec.run, spec.optim, spec.out, spec.storage)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _seed_for(seed: int, *parts: int) -> int:
     # Per-step seeds make dropout/augmentation identical after a resume and across world sizes.
     h = seed

@@ -13,8 +13,7 @@ import itertools
 import json
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import ray
 import ray.train
@@ -23,25 +22,10 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from artextract import console, storage
-from artextract.config import OptimConfig, StorageConfig, TrainRunConfig
-from artextract.train.loop import Task, WorkerContext, fit
+from artextract.config import StorageConfig
+from artextract.train.loop import Launch, WorkerContext, fit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Launch:
-    """Everything a worker needs, shipped once through ``train_loop_config``."""
-
-    make_task: Callable[[], Task]
-    run: TrainRunConfig
-    optim: OptimConfig
-    out: str
-    storage: StorageConfig
-    steps_per_epoch: int
-    # For the local loader: (task, epoch, start, rank, world) -> batches. None = Ray Data "train" shard.
-    local_batches: Callable[[Any, int, int, int, int], Any] | None = None
-    shuffle_buffer: int = 0
 
 
 def _worker(config: dict[str, Any]) -> None:

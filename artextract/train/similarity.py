@@ -216,8 +216,8 @@ def export_embedding_model(out: str, which: str, storage_cfg) -> tuple[str, str]
 
 def run(cfg: SimilarityTrainConfig) -> dict[str, Any]:
     """Train into ``cfg.out``; export model.pt; returns the summary."""
-    from artextract.pipelines.ray_env import init_ray
-    from artextract.train import ray_train
+    from artextract.train.launch import launch
+    from artextract.train.loop import Launch
 
     if not cfg.out or not cfg.data.input:
         raise ValueError("train similarity needs out= and data.input=")
@@ -227,10 +227,9 @@ def run(cfg: SimilarityTrainConfig) -> dict[str, Any]:
     batch = cfg.data.p * cfg.data.m
     run_cfg = cfg.train.model_copy(update={"batch_size": batch})
     steps = cfg.data.batches_per_epoch or max(1, len(prep.train) // batch)
-    init_ray(cfg.ray)
-    spec = ray_train.Launch(make_task=lambda: SimilarityTask(cfg, prep), run=run_cfg, optim=cfg.optim,
-                            out=cfg.out, storage=cfg.storage, steps_per_epoch=steps, local_batches=_local_batches)
-    ray_train.launch(spec, "train_similarity")
+    spec = Launch(make_task=lambda: SimilarityTask(cfg, prep), run=run_cfg, optim=cfg.optim,
+                  out=cfg.out, storage=cfg.storage, steps_per_epoch=steps, local_batches=_local_batches)
+    launch(spec, "train_similarity", cfg.ray)
     job.lap("train")
     best = "best" if storage.exists(ckpt.checkpoint_uri(cfg.out, "best"), cfg.storage) else "last"
     model_uri, version = export_embedding_model(cfg.out, best, cfg.storage)
