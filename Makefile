@@ -28,6 +28,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q --durations=15
 
+# The inner loop (~2 min on 2 cores): everything but the Ray-pipeline, real-data and long tests.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 

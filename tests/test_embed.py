@@ -108,6 +108,7 @@ def _read(out) -> pa.Table:
     return storage.read_parquet(str(out))
 
 
+@pytest.mark.slow
 def test_pipeline_rerun_identical_and_search(demo, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _embed(demo, a, "both") == 0

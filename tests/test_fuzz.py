@@ -98,6 +98,7 @@ def test_tiff_with_corrupt_second_page_is_quarantined_not_raised():
     assert q.value.reason == "decode_error" and "TypeError" in q.value.detail
 
 
+@pytest.mark.slow
 def test_fuzz_corpus_end_to_end(corpus, tmp_path, ray_session):
     images_dir = tmp_path / "fuzz"
     written = fuzz.write_tree(images_dir, corpus)

@@ -24,6 +24,7 @@ def _images(pre: Path | str, cfg=None):
     return {r["relpath"]: r for r in storage.read_parquet(storage.join(str(pre), "images"), cfg).to_pylist()}
 
 
+@pytest.mark.slow
 def test_demo_outcomes_and_counts(demo_run):
     summary = json.loads((demo_run / "summary.json").read_text())
     c = summary["counts"]
@@ -37,6 +38,7 @@ def test_demo_outcomes_and_counts(demo_run):
         assert (demo_run / "preprocess" / name).exists()
 
 
+@pytest.mark.slow
 def test_demo_faces_where_expected(demo_run):
     images = _images(demo_run / "preprocess")
     for case in samples.FACE_CASES:
@@ -62,6 +64,7 @@ def test_demo_faces_where_expected(demo_run):
     assert max(Image.open(io.BytesIO(whole["whole_jpeg"])).size) == 384
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_lost_shard_is_redone_alone(demo_run, tmp_path):
     pre = demo_run / "preprocess"
     args = ["preprocess", "--manifest", str(demo_run / "manifest"), "--out", str(pre), "shard_rows=8"]
@@ -79,6 +82,7 @@ def test_rerun_skips_and_lost_shard_is_redone_alone(demo_run, tmp_path):
     assert after.drop_columns(["crop_jpeg"]).equals(before.drop_columns(["crop_jpeg"]))
 
 
+@pytest.mark.slow
 def test_refuses_to_mix_manifests(demo_run, tmp_path):
     pre = demo_run / "preprocess"
     args = ["preprocess", "--manifest", str(demo_run / "manifest"), "--out", str(pre), "shard_rows=5"]
@@ -89,6 +93,7 @@ def test_refuses_to_mix_manifests(demo_run, tmp_path):
     assert not (pre / "images" / "part-00002.parquet").exists()  # old plan's shards removed
 
 
+@pytest.mark.slow
 def test_s3_in_and_out(tmp_path, s3_bucket, s3_endpoint, s3_storage, ray_session):
     from conftest import TEST_KEY_ID, TEST_SECRET, upload_dir
 

@@ -113,6 +113,7 @@ def runs(tmp_path_factory, s3_endpoint, ray_session):
     return out
 
 
+@pytest.mark.slow  # the runs fixture: five reindex runs over S3
 def test_first_run_builds_and_second_changes_nothing(runs):
     first, second = runs["summaries"][:2]
     assert first["counts"]["status"] == "built" and first["counts"]["new"] == len(FIRST)
@@ -122,6 +123,7 @@ def test_first_run_builds_and_second_changes_nothing(runs):
     assert second["counts"]["unchanged"] == len(FIRST) and "nothing changed" in second["message"]
 
 
+@pytest.mark.slow  # the runs fixture: five reindex runs over S3
 def test_crash_before_publish_keeps_old_version_and_rerun_resumes(runs):
     assert runs["crash_rc"] == 1
     assert runs["after_crash_version"] == 1 and not runs["after_crash_lock"]
@@ -135,6 +137,7 @@ def test_crash_before_publish_keeps_old_version_and_rerun_resumes(runs):
     assert runs["delta_preprocess"]["counts"]["shards_written_now"] == 0
 
 
+@pytest.mark.slow  # the runs fixture: five reindex runs over S3
 def test_incremental_equals_fresh_build(runs):
     inc = IndexReader(runs["index"], runs["cfg"])
     ref = IndexReader(runs["ref_index"])
@@ -157,6 +160,7 @@ def test_incremental_equals_fresh_build(runs):
     assert inc.manifest["embed"]["model_version"] == "untrained:resnet18@seed0/d32"
 
 
+@pytest.mark.slow  # the runs fixture: five reindex runs over S3
 def test_rollback_by_pointer_and_prune_keeps_referenced_deltas(runs, capsys):
     cfg, index = runs["cfg"], runs["index"]
     cur = V.current_version(index, cfg)
@@ -204,6 +208,7 @@ def test_diff_rules():
     assert C.diff(None, now).new == ["a", "b", "c", "d", "new"]
 
 
+@pytest.mark.slow  # the runs fixture: five reindex runs over S3
 def test_refuses_other_model_and_index_without_snapshot(runs, tmp_path, capsys):
     cfg = runs["cfg"]
     args = ["reindex", "--collection", "s3://reindex-test/collection", "--index", runs["index"],
