@@ -85,7 +85,8 @@ def evaluate(labels: list[LabelledImage], detections: dict[str, tuple[np.ndarray
         all_tp.extend(tp.tolist())
         n_gt += len(im.boxes)
         for i, (size, pose) in enumerate(zip(im.sizes, im.poses)):
-            for key in (size, pose, *( [f"prominent_{pose}"] if size == "prominent" else [])):
+            keys = (size, pose, f"prominent_{pose}") if size == "prominent" else (size, pose)
+            for key in keys:
                 if key in hit_by:
                     hit_by[key][0] += int(hit[i])
                     hit_by[key][1] += 1
