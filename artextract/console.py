@@ -57,13 +57,11 @@ def _attach_ours() -> None:
 class _OurFormatter(logging.Formatter):
     """``HH:MM:SS message`` for our INFO lines; level and logger name for warnings and errors."""
 
-    def __init__(self) -> None:
-        super().__init__(datefmt="%H:%M:%S")
+    _plain = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    _named = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        self._style._fmt = ("%(asctime)s %(message)s" if record.levelno <= logging.INFO
-                            else "%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return super().format(record)
+        return (self._plain if record.levelno <= logging.INFO else self._named).format(record)
 
 
 def quiet_ray() -> None:

@@ -23,14 +23,17 @@ class LabelledImage:
     poses: list[str] = field(default_factory=list)
 
 
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).prod(-1)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, M) intersection over union of boxes a (N, 4) and b (M, 4), x1 y1 x2 y2."""
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
+    union = _area(a)[:, None] + _area(b)[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
