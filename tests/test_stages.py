@@ -1,4 +1,4 @@
-"""Ray-free stages on tiny batches: decode/validate, MTCNN on our torch, alignment, writer."""
+"""Ray-free stages on tiny batches: decode/validate, the default face detector, alignment, writer."""
 from __future__ import annotations
 
 import io
@@ -59,15 +59,13 @@ def test_decode_downscales_large_images_with_limits():
         decode(buf.getvalue(), DecodeConfig(max_bytes=100))
 
 
-def test_mtcnn_loads_and_detects_on_current_torch(detector):
-    """facenet-pytorch is installed --no-deps against a newer torch: prove it still works."""
-    import torch
+def test_default_detector_finds_the_astronaut(detector):
     from skimage import data
 
-    assert tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 3)
     img = data.astronaut()
     faces = detector.detect([img])[0]
-    assert len(faces) == 1 and faces[0].prob > 0.99
+    # calibrated: a clear photographic face found by every view and confirmed by O-Net
+    assert len(faces) == 1 and faces[0].prob > 0.9
     x1, y1, x2, y2 = faces[0].box
     assert 150 < x1 < 200 and 40 < y1 < 90 and 240 < x2 < 290 and 150 < y2 < 200
     left_eye, right_eye = faces[0].landmarks[0], faces[0].landmarks[1]

@@ -21,13 +21,24 @@ class DecodeConfig(Strict):
 
 
 class FacesConfig(Strict):
-    """MTCNN face detection and the stored aligned crops."""
+    """Face detection (a detector registry, test-time views, merging into one calibrated score) and
+    the stored aligned crops. Measured choices: docs/benchmarks.md, Faces."""
 
     enabled: bool = True
-    min_prob: float = Field(0.92, ge=0, le=1, description="faces below this MTCNN probability are dropped")
+    detector: Literal["retinaface", "mtcnn", "ensemble"] = Field(
+        "retinaface", description="stages/face_detectors.py; ensemble = every detector in faces.members")
+    members: list[Literal["retinaface", "mtcnn"]] = Field(
+        ["retinaface", "mtcnn"], min_length=1, description="the detectors faces.detector=ensemble merges")
+    views: list[Literal["identity", "flip", "half", "grey", "rot+15", "rot-15"]] = Field(
+        ["identity", "grey"], min_length=1,
+        description="test-time views each detector runs on, merged by weighted NMS (stages/face_merge.py)")
+    min_prob: float = Field(0.4, ge=0, le=1, description="faces below this calibrated probability are dropped")
+    candidate_prob: float = Field(0.2, ge=0, le=1, description="raw detector score a candidate needs to be merged")
+    merge_iou: float = Field(0.5, gt=0, le=1, description="candidates overlapping this much are one face")
+    nms_iou: float = Field(0.4, gt=0, le=1, description="RetinaFace's own NMS within one view")
     # MTCNN's own default; 24 px lost 6% of the naive loop's faces on NGA at no measurable speed-up.
-    min_face_px: int = Field(20, ge=8, description="MTCNN min_face_size at detection resolution")
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    min_face_px: int = Field(20, ge=8, description="smallest face side at detection resolution")
+    thresholds: tuple[float, float, float] = Field((0.6, 0.7, 0.7), description="MTCNN's P/R/O-Net thresholds")
     crop_size: int = Field(160, ge=16, description="side of the aligned face crop (px)")
     crop_margin: float = Field(0.35, ge=0, le=2, description="context around the 5-point template")
     max_faces: int = Field(64, ge=1, description="keep at most this many faces per image (highest prob)")

@@ -1,4 +1,5 @@
-"""MTCNN face detection (facenet-pytorch) over batches of decoded images, with aligned crops.
+"""Face detection over batches of decoded images (stages/face_detectors.py: the detectors;
+stages/face_merge.py: test-time views, merging, the calibrated score), with aligned crops.
 
 Boxes and landmarks are stored in the coordinates of the upright (EXIF-applied) original image.
 """
@@ -12,6 +13,8 @@ import pyarrow as pa
 from artextract.config import FacesConfig
 from artextract.stages.align import aligned_crop
 from artextract.stages.decode import encode_jpeg
+from artextract.stages.face_detectors import DETECTORS, Raw, resolve_device
+from artextract.stages.face_merge import VIEWS, Verifier, calibrated, weighted_nms
 from artextract.stages.pose import pose_from_landmarks
 
 FACE_TYPE = pa.struct([
@@ -28,61 +31,46 @@ FACE_TYPE = pa.struct([
 
 @dataclass
 class Face:
-    """One detection in detection-image pixels."""
+    """One detection in detection-image pixels; ``prob`` is the calibrated probability."""
 
     box: np.ndarray  # (4,)
     landmarks: np.ndarray  # (5, 2)
     prob: float
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("faces.device=cuda but torch sees no CUDA device")
-    return device
-
-
 class FaceDetector:
-    """Loads MTCNN once; ``detect`` runs it on a list of HxWx3 uint8 images (any sizes)."""
+    """The configured detector(s) x test-time views, merged; ``detect`` runs on a list of HxWx3
+    uint8 images (any sizes). Models load once, in the constructor."""
 
     def __init__(self, cfg: FacesConfig, torch_threads: int | None = None):
         import torch
-        from facenet_pytorch import MTCNN
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        # keep_all: every face, not only the largest; post_process off: we crop ourselves.
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=cfg.min_face_px, thresholds=list(cfg.thresholds),
-                           post_process=False, select_largest=False, device=self.device)
+        names = cfg.members if cfg.detector == "ensemble" else [cfg.detector]
+        self.detectors = [DETECTORS[n](cfg, torch_threads) for n in dict.fromkeys(names)]
+        self.views = [VIEWS[v] for v in dict.fromkeys(cfg.views)]
+        self.verify = Verifier(self.device)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces per image, most probable first, filtered by min_prob and capped at max_faces."""
-        out: list[list[Face]] = [[] for _ in images]
-        # MTCNN batches only equal-sized images: bucket by shape, one call per bucket.
-        buckets: dict[tuple, list[int]] = {}
-        for i, img in enumerate(images):
-            buckets.setdefault(img.shape, []).append(i)
-        for idx in buckets.values():
-            step = self.cfg.batch_size or len(idx)
-            for start in range(0, len(idx), step):
-                chunk = idx[start:start + step]
-                stack = np.stack([images[i] for i in chunk])
-                boxes, probs, points = self.mtcnn.detect(stack, landmarks=True)
-                for i, b, p, l in zip(chunk, boxes, probs, points):
-                    out[i] = self._filter(b, p, l)
-        return out
+        parts: list[list[Raw]] = [[] for _ in images]
+        for view in self.views:
+            seen = [view(img) for img in images]
+            for det in self.detectors:
+                for i, ((_, inverse), raw) in enumerate(zip(seen, det.raw_many([v for v, _ in seen]))):
+                    parts[i].append(inverse(raw))
+        return [self._faces(img, p) for img, p in zip(images, parts)]
 
-    def _filter(self, boxes, probs, points) -> list[Face]:
-        if boxes is None:
+    def _faces(self, image: np.ndarray, parts: list[Raw]) -> list[Face]:
+        merged, vote = weighted_nms(parts, self.cfg.merge_iou)
+        if len(vote) == 0:
             return []
-        faces = [Face(np.asarray(b, np.float32), np.asarray(l, np.float32), float(p))
-                 for b, p, l in zip(boxes, probs, points) if p is not None and p >= self.cfg.min_prob]
+        prob = calibrated(self.cfg.detector, vote, self.verify(image, merged.boxes))
+        faces = [Face(b.astype(np.float32), p.astype(np.float32), float(q))
+                 for b, p, q in zip(merged.boxes, merged.landmarks, prob) if q >= self.cfg.min_prob]
         faces.sort(key=lambda f: -f.prob)
         return faces[: self.cfg.max_faces]
 
@@ -94,7 +82,7 @@ def face_record(k: int, face: Face, image: np.ndarray, scale: float, cfg: FacesC
     the indexed ones. ``image`` is the detection image, ``scale`` its det pixels per original pixel.
     """
     crop = aligned_crop(image, face.landmarks, face.box, cfg.crop_size, cfg.crop_margin)
-    # MTCNN regresses boxes of faces at the border partly outside the image: store the visible part.
+    # Detectors regress boxes of faces at the border partly outside the image: store the visible part.
     h, w = image.shape[:2]
     box = np.clip(face.box, 0, [w, h, w, h])
     yaw, pitch, roll = pose_from_landmarks(face.landmarks[None].astype(np.float64))[0]

