@@ -25,9 +25,9 @@ from artextract.stages.face_detectors import Raw
 
 # (a, b, c) per faces.detector, fitted by `make bench-faces` on the dev half (docs/benchmarks.md, Faces).
 CALIBRATION: dict[str, tuple[float, float, float]] = {
-    "mtcnn": (3.32, 2.85, -3.09),
-    "retinaface": (3.32, 2.85, -3.09),
-    "ensemble": (3.32, 2.85, -3.09),
+    "mtcnn": (1.71, 0.78, 0.10),
+    "retinaface": (3.06, 2.73, -2.79),
+    "ensemble": (3.65, 1.93, -2.38),
 }
 
 Inverse = Callable[[Raw], Raw]
