@@ -98,9 +98,9 @@ def test_two_detections_of_one_source_in_a_cluster_vote_once():
 def test_calibrated_score_is_a_probability_rising_in_both_cues():
     for name in CALIBRATION:
         grid = np.linspace(0, 1, 11)
-        p = calibrated(name, grid, np.full(11, 0.5))
+        p = calibrated(CALIBRATION[name], grid, np.full(11, 0.5))
         assert ((p > 0) & (p < 1)).all() and (np.diff(p) > 0).all()
-        q = calibrated(name, np.full(11, 0.5), grid)
+        q = calibrated(CALIBRATION[name], np.full(11, 0.5), grid)
         assert (np.diff(q) > 0).all()
     assert set(CALIBRATION) == {"mtcnn", "retinaface", "ensemble"}
 

@@ -27,7 +27,7 @@ from artextract.config import DecodeConfig, FacesConfig
 from artextract.eval.face_metrics import evaluate, match
 from artextract.eval.faces import read_labels
 from artextract.stages.decode import decode
-from artextract.stages.face_merge import CALIBRATION, weighted_nms
+from artextract.stages.face_merge import CALIBRATION, calibrated
 from artextract.stages.faces import FaceDetector
 
 SECTION = "Faces"
@@ -53,12 +53,8 @@ ANCHOR = 0
 
 def _candidates(det: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merged boxes and their two calibration cues (vote, verify) before any threshold."""
-    parts = []
-    for view in det.views:
-        seen, inverse = view(image)
-        parts.extend(inverse(d.raw(seen)) for d in det.detectors)
-    merged, vote = weighted_nms(parts, det.cfg.merge_iou)
-    return merged.boxes, np.column_stack([vote, det.verify(image, merged.boxes)]) if len(vote) else np.zeros((0, 2))
+    merged, vote, verify = det.candidates([image])[0]
+    return merged.boxes, np.column_stack([vote, verify]).reshape(-1, 2)
 
 
 def _anchor(det: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +64,7 @@ def _anchor(det: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _score(cues: np.ndarray, coef: tuple[float, float, float]) -> np.ndarray:
-    a, b, c = coef
-    return 1.0 / (1.0 + np.exp(-(a * cues[:, 0] + b * cues[:, 1] + c))) if len(cues) else np.zeros(0)
+    return calibrated(coef, cues[:, 0], cues[:, 1])
 
 
 def _fit(labels, boxes, cues) -> tuple[float, float, float]:

@@ -61,8 +61,8 @@ class PreprocessConfig(Strict):
                                  "the CPUs hold after one decode actor")
     detector_cpus: float = Field(0.75, gt=0, description="Ray CPUs per detector actor")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per detector actor")
-    fuse_decode: bool | None = Field(None, description="read+decode inside the detector actors (one per "
-                                     "decode_cpus + detector_cpus); None = fused unless detecting on GPUs")
+    fuse_decode: bool = Field(True, description="detecting on CPUs: read+decode inside the detector actors "
+                              "(each decode_cpus + detector_cpus); GPU detectors always get a decode pool of their own")
     limit: int | None = Field(None, ge=1, description="process only the first N manifest rows (by image_id)")
     overwrite: bool = False
     storage: StorageConfig = StorageConfig()

@@ -77,10 +77,10 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
     use_gpu = gpus > 0 and cfg.faces.device != "cpu"
     # Measured on 2 cores (docs/benchmarks.md): one single-threaded detector per core beats one
     # multi-threaded detector; small detector batches keep the actors evenly loaded.
-    fused_cpus = cfg.decode_cpus + cfg.detector_cpus
-    per_cpu = fused_cpus if (cfg.fuse_decode is not False and not use_gpu) else cfg.detector_cpus
-    spare = cpus if per_cpu == fused_cpus else cpus - cfg.decode_cpus
-    actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int(spare // per_cpu)))
+    fuse = cfg.fuse_decode and not use_gpu
+    per_actor = cfg.decode_cpus + cfg.detector_cpus if fuse else cfg.detector_cpus
+    spare = cpus if fuse else cpus - cfg.decode_cpus  # unfused: one decode actor's share is taken
+    actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int(spare // per_actor)))
     det_batch = cfg.faces.batch_size or (16 if use_gpu else 1)
     # Only keys travel through the graph; the writer joins the manifest's metadata back per shard
     # (passing metadata through would re-infer column types per batch, e.g. an all-null width).
@@ -93,13 +93,12 @@ def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
         # least 16 images, so small jobs (a nightly reindex delta, a sample) start fewer.
         actors = min(actors, max(1, len(work) // IMAGES_PER_EXTRA_DETECTOR))
     actors = min(actors, len(blocks))  # more detectors than blocks would only idle (Ray Data warns)
-    fuse = cfg.fuse_decode if cfg.fuse_decode is not None else not use_gpu
     if fuse:
         # One actor per core reads, decodes and detects: half the worker processes to start (each
         # ~3 CPU-s of imports on a cold start) and no decoded images through the object store.
         ds = ds.map_batches(ReadDecodeFaceStage, fn_constructor_args=(cfg, ),
                             batch_size=cfg.decode_batch, batch_format="numpy",
-                            num_cpus=cfg.decode_cpus + cfg.detector_cpus, compute=ActorPoolStrategy(size=actors))
+                            num_cpus=per_actor, compute=ActorPoolStrategy(size=actors))
     else:
         ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
                             batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",

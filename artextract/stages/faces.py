@@ -14,7 +14,7 @@ from artextract.config import FacesConfig
 from artextract.stages.align import aligned_crop
 from artextract.stages.decode import encode_jpeg
 from artextract.stages.face_detectors import DETECTORS, Raw, resolve_device
-from artextract.stages.face_merge import VIEWS, Verifier, calibrated, weighted_nms
+from artextract.stages.face_merge import CALIBRATION, VIEWS, Verifier, calibrated, weighted_nms
 from artextract.stages.pose import pose_from_landmarks
 
 FACE_TYPE = pa.struct([
@@ -54,25 +54,31 @@ class FaceDetector:
         self.views = [VIEWS[v] for v in dict.fromkeys(cfg.views)]
         self.verify = Verifier(self.device)
 
-    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        """Faces per image, most probable first, filtered by min_prob and capped at max_faces."""
+    def candidates(self, images: list[np.ndarray]) -> list[tuple[Raw, np.ndarray, np.ndarray]]:
+        """Per image, before any threshold: the merged faces, their vote and O-Net verify score."""
         parts: list[list[Raw]] = [[] for _ in images]
         for view in self.views:
             seen = [view(img) for img in images]
-            for det in self.detectors:
+            for det in self.detectors:  # raw_many: MTCNN batches equal-sized views
                 for i, ((_, inverse), raw) in enumerate(zip(seen, det.raw_many([v for v, _ in seen]))):
                     parts[i].append(inverse(raw))
-        return [self._faces(img, p) for img, p in zip(images, parts)]
+        out = []
+        for img, p in zip(images, parts):
+            merged, vote = weighted_nms(p, self.cfg.merge_iou)
+            out.append((merged, vote, self.verify(img, merged.boxes)))
+        return out
 
-    def _faces(self, image: np.ndarray, parts: list[Raw]) -> list[Face]:
-        merged, vote = weighted_nms(parts, self.cfg.merge_iou)
-        if len(vote) == 0:
-            return []
-        prob = calibrated(self.cfg.detector, vote, self.verify(image, merged.boxes))
-        faces = [Face(b.astype(np.float32), p.astype(np.float32), float(q))
-                 for b, p, q in zip(merged.boxes, merged.landmarks, prob) if q >= self.cfg.min_prob]
-        faces.sort(key=lambda f: -f.prob)
-        return faces[: self.cfg.max_faces]
+    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Faces per image, most probable first, filtered by min_prob and capped at max_faces."""
+        coef = CALIBRATION[self.cfg.detector]
+        out = []
+        for merged, vote, verify in self.candidates(images):
+            prob = calibrated(coef, vote, verify)
+            faces = [Face(b.astype(np.float32), p.astype(np.float32), float(q))
+                     for b, p, q in zip(merged.boxes, merged.landmarks, prob) if q >= self.cfg.min_prob]
+            faces.sort(key=lambda f: -f.prob)
+            out.append(faces[: self.cfg.max_faces])
+        return out
 
 
 def face_record(k: int, face: Face, image: np.ndarray, scale: float, cfg: FacesConfig) -> dict:
