@@ -67,7 +67,7 @@ VERBS: tuple[Verb, ...] = (
           Flag("--images", "images", "run on your own folder or bucket instead")) + _STORAGE, prints=True),
     Verb(("embed",), "EmbedConfig", "artextract.pipelines.embed:run",
          "Ray Data: face crops / whole paintings of a preprocess output -> embedding shards",
-         (Flag("--model", "model", "checkpoint URI, or untrained:<backbone> / imagenet:<backbone>"),
+         (Flag("--model", "model", "checkpoint URI, or untrained:<backbone> / imagenet:<backbone>[=<weights URI>]"),
           Flag("--input", "input", "preprocess output URI"),
           Flag("--out", "out", "output URI for part-*.parquet embedding shards"),
           Flag("--what", "what", "faces | images | both"),

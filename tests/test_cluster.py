@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,15 +291,22 @@ def test_submitted_ingest_and_preprocess_run_on_the_head(ray_head, sample_images
 
 @pytest.mark.slow
 def test_submitted_classifier_training_with_two_workers(ray_head, tmp_path):
-    """jobs/train_classifier.py as a Ray job: Ray Train with 2 DDP workers fed by the streaming Ray
-    Data loader (data.loader=ray_data, augmentation on, BatchNorm training), then evaluate."""
+    """jobs/train_classifier.py as a Ray job with the pretrained recipe (configs/wikiart_classifier_pretrained
+    .yaml, weights from a torchvision MobileNetV2 file): Ray Train with 2 DDP workers fed by the streaming
+    Ray Data loader (augmentation, mixup/cutmix, BatchNorm training), a frozen first epoch (DDP must
+    tolerate the backbone's missing gradients), EMA weights in the checkpoint; then evaluate."""
     import math
+
+    import torchvision.models as tvm
 
     from artextract.synthetic_styles import write_labelled_collection
 
     manifest = write_labelled_collection(str(tmp_path / "styles"), per_style=8, size=40)
+    weights = tmp_path / "mobilenet_v2.pth"  # stands in for torchvision's download: same keys and shapes
+    torch.save(tvm.mobilenet_v2(weights=None).state_dict(), weights)
     run = tmp_path / "run"
-    job = _submit(ray_head, f"jobs/train_classifier.py --input {manifest} --out {run} --workers 2 "
+    job = _submit(ray_head, f"jobs/train_classifier.py --config {REPO / 'configs' / 'wikiart_classifier_pretrained.yaml'} "
+                            f"--input {manifest} --out {run} --workers 2 model.weights={weights} "
                             "data.image_size=32 model.reduce_channels=16 model.hidden=8 train.batch_size=8 "
                             "train.epochs=2 train.cpus_per_worker=0.5 data.decode_cpus=0.25 data.loader=ray_data "
                             "data.augment=true train.freeze_bn=false")
@@ -312,6 +320,8 @@ def test_submitted_classifier_training_with_two_workers(ray_head, tmp_path):
     hist = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2] and all(math.isfinite(h["train_loss"]) for h in hist)
     assert (run / "splits.parquet").exists() and (run / "config.resolved.yaml").exists()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["meta"]["model"]["backbone"] == "mobilenet_v2" and "train_state_dict" in state  # EMA on
     from artextract.cli import main
 
     assert main(["evaluate", "classifier", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0

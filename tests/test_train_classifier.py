@@ -218,3 +218,139 @@ def test_process_launcher_is_one_local_worker():
         load_config(ClassifierTrainConfig, overrides=["train.launcher=process"])
     assert load_config(ClassifierTrainConfig, overrides=["train.launcher=process", "data.loader=local"]
                        ).train.launcher == "process"
+
+
+# ---------------------------------------------------------------- fine-tuning recipe pieces
+
+
+def test_param_groups_scale_the_backbone_and_decay_it_layer_by_layer():
+    from artextract.config import OptimConfig
+    from artextract.train.param_groups import param_groups, set_backbone_frozen
+
+    m = CRNNClassifier({"style": 3}, backbone="resnet18", reduce_channels=16, hidden=8)
+    groups = param_groups(m, OptimConfig(lr=1e-3, backbone_lr_scale=0.1, layer_decay=0.25))
+    lr = {g["name"].split("/")[0]: g["lr"] for g in groups}  # decay and no_decay groups share a stage's LR
+    assert lr["head"] == 1e-3
+    stages = sorted(int(n.removeprefix("backbone")) for n in lr if n.startswith("backbone"))
+    assert lr[f"backbone{stages[-1]}"] == pytest.approx(1e-4)   # last stage: lr * scale
+    assert lr[f"backbone{stages[0]}"] == pytest.approx(2.5e-5)  # first: times layer_decay
+    by_depth = [lr[f"backbone{i}"] for i in stages]
+    assert by_depth == sorted(by_depth) and len(set(by_depth)) == len(stages)
+    # Every trainable parameter is in exactly one group; biases and norms are not decayed.
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+    assert all(g["weight_decay"] == 0 for g in groups if g["name"].endswith("no_decay"))
+    m.train()
+    set_backbone_frozen(m, True)
+    assert not any(p.requires_grad for p in m.backbone.parameters()) and all(p.requires_grad for p in m.heads.parameters())
+    assert not m.backbone[1].training and m.reduce[1].training  # backbone BN held, the new layers' BN trains
+    set_backbone_frozen(m, False)
+    assert all(p.requires_grad for p in m.parameters())
+
+
+def test_mixup_and_cutmix_mix_images_and_weights_the_labels():
+    from artextract.data.mix import mix_batch
+
+    x = torch.arange(4, dtype=torch.float64).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+    assert mix_batch(x, 0.0, 0.0).perm is None
+    torch.manual_seed(0)
+    m = mix_batch(x, mixup=0.4, cutmix=0.0)
+    torch.testing.assert_close(m.x, m.lam * x + (1 - m.lam) * x[m.perm])
+    torch.manual_seed(0)
+    c = mix_batch(x, mixup=0.0, cutmix=1.0)
+    # Cutmix pastes a box from the partner: the share of pixels that kept their own value is lam.
+    own = (c.x == x).double().mean(dim=(1, 2, 3))
+    moved = c.perm != torch.arange(4)
+    assert torch.allclose(own[moved], torch.full_like(own[moved], c.lam))
+    torch.manual_seed(0)
+    assert all(mix_batch(x, 0.4, 1.0, prob=0.0).perm is None for _ in range(5))
+
+
+def test_mixed_loss_weights_both_label_sets():
+    from artextract.train.classifier import ClassifierTask, Prepared
+
+    cfg = load_config(ClassifierTrainConfig, overrides=["data.tasks=[style]", "data.mixup=0.4"])
+    task = ClassifierTask(cfg, Prepared({}, {"style": ["a", "b", "c"]}, {"style": 1.0}, {"style": None}))
+    model = CRNNClassifier({"style": 3}, reduce_channels=16, hidden=8).eval()
+    batch = {"image": np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32),
+             "y_style": np.array([0, 1, 2, -1])}
+    torch.manual_seed(3)
+    mixed_loss = float(task.loss(model, batch, torch.device("cpu")).detach())
+    torch.manual_seed(3)
+    from artextract.data.mix import mix_batch
+    m = mix_batch(torch.as_tensor(batch["image"]), 0.4, 0.0)
+    out = model(m.x)
+    y = torch.as_tensor(batch["y_style"])
+    own, _ = task.loss_fn(out, {"style": y})
+    partner, _ = task.loss_fn(out, {"style": y[m.perm]})
+    assert mixed_loss == pytest.approx(float(m.lam * own + (1 - m.lam) * partner), rel=1e-5)
+
+
+def test_recipe_run_freezes_then_fine_tunes_with_ema_and_resumes_exactly(collection, tmp_path):
+    """The pretrained recipe's loop pieces together (frozen warm-up epoch, backbone LR scale, layer
+    decay, mixup/cutmix, EMA) in one process: the backbone does not move in the frozen epoch, the
+    checkpoint's weights are the EMA, and stopping after epoch 1 then resuming gives the same run."""
+    from artextract.train.classifier import run
+
+    recipe = {"train.launcher": "process", "optim.freeze_backbone_epochs": 1, "optim.backbone_lr_scale": 0.1,
+              "optim.layer_decay": 0.5, "train.ema_decay": 0.8, "data.mixup": 0.4, "data.cutmix": 1.0,
+              "data.mix_prob": 0.7, "train.freeze_bn": "false"}
+    # Stopped after epoch 1 of 2 (max_steps = one epoch's steps), so the schedule is the 2-epoch one.
+    one = run(_cfg(collection, tmp_path / "one", **recipe, **{"train.max_steps": 2}))
+    state = ckpt.load(ckpt.checkpoint_uri(str(tmp_path / "one"), "last"), task="classifier")
+    torch.manual_seed(0)  # fit seeds with train.seed=0 before building the model: the same init
+    ref = CRNNClassifier({"style": 4, "genre": 2, "artist": 8}, reduce_channels=16, hidden=8).double().state_dict()
+    trained = state["train_state_dict"]
+    assert one["counts"]["epochs_completed"] == 1
+    for k, v in trained.items():
+        if k.startswith("backbone.") and v.is_floating_point():
+            torch.testing.assert_close(v, ref[k], msg=k)  # frozen: weights and BN statistics unchanged
+    assert any(not torch.equal(trained[k], ref[k]) for k in trained if k.startswith("heads."))
+    assert any(not torch.equal(trained[k], state["state_dict"][k]) for k in trained if k.startswith("heads."))
+    # Resuming it to the end == one uninterrupted run (EMA, schedule and unfreeze included).
+    resumed = run(_cfg(collection, tmp_path / "one", **recipe))
+    straight = run(_cfg(collection, tmp_path / "two", **recipe))
+    assert resumed["counts"]["steps"] == straight["counts"]["steps"]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-9, rtol=1e-9, msg=k)
+    moved = ckpt.load(ckpt.checkpoint_uri(str(tmp_path / "two"), "last"), task="classifier")["train_state_dict"]
+    assert any(not torch.equal(moved[k], ref[k]) for k in moved if k.startswith("backbone.") and
+               moved[k].is_floating_point())
+
+
+def test_evaluate_on_another_manifest_counts_classes_the_model_has_no_head_for(one_worker_run, collection,
+                                                                              tmp_path):
+    """``evaluate classifier --manifest`` on a collection with a style the model never saw: those rows
+    are counted per class and left out of the metrics (neither dropped silently nor a crash), and the
+    default split becomes 'all' (the new collection's rows are not in the run's split)."""
+    import json
+
+    import pyarrow.compute as pc
+
+    from artextract import manifest
+    from artextract.cli import main
+
+    out, _ = one_worker_run
+    table = tdata.load_rows(collection, (), None)
+    rows = storage.read_parquet(tdata.part_files(collection, None)[0])
+    unseen = pc.starts_with(rows["image_id"], rows["image_id"][0].as_py().split("/")[0])  # one whole style
+    rows = rows.set_column(rows.schema.get_field_index("style"), "style",
+                           pc.if_else(unseen, "Unseen_Style", rows["style"]))
+    new = str(tmp_path / "other" / "manifest")
+    manifest.write(rows, new, shard_rows=10_000)
+    report = tmp_path / "eval-other"
+    assert main(["evaluate", "classifier", "--run", str(out), "--manifest", new, "--out", str(report),
+                 "tsne_max_points=20"]) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    n_unseen = int(pc.sum(unseen).as_py())
+    c = summary["counts"]
+    assert c["images"] == len(table) and c["style_unknown_class_rows"] == n_unseen > 0
+    assert c["style_scored"] == len(table) - n_unseen and summary["unknown_classes"]["style"] == {"Unseen_Style": n_unseen}
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["split"] == "all" and metrics["tasks"]["style"]["n"] == c["style_scored"]
+    assert metrics["label_coverage"]["genre"]["unlabelled"] == c["genre_unlabelled"] > 0
+    splits = storage.read_parquet(str(out / "splits.parquet"))
+    assert c["rows_seen_in_training"] == int(pc.sum(pc.is_in(splits["split"], pa.array(["train", "val"]))).as_py())
+    assert "Labels not scored" in (report / "report.html").read_text() and "Unseen_Style (" in (
+        report / "report.html").read_text()

@@ -2,6 +2,8 @@
 through GatherLoss), label positives, and the exported model.pt feeds the embed stage."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -124,3 +126,35 @@ def test_two_workers_match_one_and_model_embeds(ray_session, pre, tmp_path):
     crops = storage.read_parquet(storage.join(pre, "faces"), columns=["crop_jpeg"])["crop_jpeg"].to_pylist()[:3]
     vecs = stage.embed(crops)
     assert vecs.shape == (3, 16) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+
+
+def test_pretrained_recipe_through_the_cli_on_ray_train(ray_session, pre, tmp_path):
+    """configs/nga_similarity_pretrained.yaml via ``artextract train similarity`` (Ray Train launcher)
+    from a torchvision MobileNetV2 file: frozen first epoch, then fine-tuning, EMA weights exported in
+    model.pt, which the embed stage loads."""
+    import torchvision.models as tvm
+
+    from artextract.cli import main
+    from artextract.stages.embed import EmbedStage
+
+    weights = tmp_path / "mobilenet_v2.pth"  # stands in for torchvision's download: same keys and shapes
+    torch.manual_seed(0)
+    torch.save(tvm.mobilenet_v2(weights=None).state_dict(), weights)
+    out = tmp_path / "run"
+    recipe = str(Path(__file__).resolve().parents[1] / "configs" / "nga_similarity_pretrained.yaml")
+    assert main(["train", "similarity", "--config", recipe, "--input", pre, "--out", str(out),
+                 f"model.weights={weights}", "data.image_size=32", "data.p=4", "data.m=2", "data.batches_per_epoch=3",
+                 "data.val_fraction=0.25", "train.epochs=2", "train.eval_every=1", "train.cpus_per_worker=0.5",
+                 "train.torch_threads=1"]) == 0
+    state = ckpt.load(ckpt.checkpoint_uri(str(out), "last"), task="similarity")
+    assert state["progress"]["epoch"] == 2 and "train_state_dict" in state
+    first = [k for k in state["state_dict"] if k.startswith("backbone.0.")][0]
+    ref = tvm.mobilenet_v2(weights=None)
+    ref.load_state_dict(torch.load(weights, weights_only=True))
+    # The backbone started from the file and then moved (the second, unfrozen epoch).
+    start = ref.features.state_dict()[first.removeprefix("backbone.")]
+    assert not torch.equal(state["train_state_dict"][first], start)
+    assert float((state["train_state_dict"][first] - start).abs().max()) < 0.05
+    vecs = EmbedStage(str(out / "model.pt"), image_size=32, device="cpu").embed(
+        storage.read_parquet(storage.join(pre, "faces", "part-00000.parquet"))["crop_jpeg"].to_pylist()[:4])
+    assert vecs.shape == (4, 256)

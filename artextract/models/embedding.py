@@ -34,19 +34,24 @@ POOLS.add("gem", GeM)
 
 
 class EmbeddingNet(nn.Module):
-    """Images (B,3,H,W) -> L2-normalised embeddings (B, dim)."""
+    """Images (B,3,H,W) -> L2-normalised embeddings (B, dim); ``dim=None``: no projection head, the
+    pooled backbone features themselves (ImageNet features + cosine, the seeds' naive method)."""
 
-    def __init__(self, backbone: str = "resnet50", dim: int = 256, weights: str = "none",
+    def __init__(self, backbone: str = "resnet50", dim: int | None = 256, weights: str = "none",
                  pool: str = "avg", hidden: int | None = None, storage: StorageConfig | None = None) -> None:
         super().__init__()
-        self.backbone, channels = build_backbone(backbone, weights, storage)
+        if pool == "gem" and backbone.startswith("vit"):
+            raise ValueError(f"pool=gem needs a non-negative (post-ReLU) feature map; {backbone} gives its "
+                             "CLS token: use pool=avg")
+        # pooled: a ViT hands over its CLS token (B, C, 1, 1) rather than its patch-token grid.
+        self.backbone, channels = build_backbone(backbone, weights, storage, pooled=True)
         self.pool = POOLS[pool]()
         hidden = hidden or channels
         # Linear-BN-ReLU-Linear as in SimCLR-style heads; BN before ReLU keeps the head trainable
         # from a randomly initialised or frozen backbone.
-        self.head = nn.Sequential(nn.Linear(channels, hidden), nn.BatchNorm1d(hidden),
-                                  nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-        self.dim = dim
+        self.head = (nn.Sequential(nn.Linear(channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                   nn.Linear(hidden, dim)) if dim else nn.Identity())
+        self.dim = dim or channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, C) before the projection head."""

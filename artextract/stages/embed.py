@@ -2,8 +2,10 @@
 
 Model specs
     ``untrained:<backbone>``  EmbeddingNet(backbone, dim, weights="none"), initialised from a fixed seed
-    ``imagenet:<backbone>``   EmbeddingNet(backbone, dim, weights="imagenet"); the projection head from
-                              the same fixed seed (needs network or a warm torch hub cache)
+    ``imagenet:<backbone>``   the backbone with torchvision's ImageNet weights, average-pooled, no
+                              projection (its C-dim features + cosine: the seeds' naive method; needs
+                              network or a warm torch hub cache); ``imagenet:<backbone>=<weights URI>``
+                              loads the same weights from a local path or s3:// URI (offline)
     ``<uri>``                 a checkpoint (local path or s3://...) written by :func:`save_checkpoint`
 
 Checkpoint format (version 1)
@@ -15,8 +17,9 @@ Checkpoint format (version 1)
     fails with a message naming the keys.
 
 model_version
-    checkpoints: the first 16 hex digits of sha256(checkpoint bytes); built specs: ``<spec>@seed<seed>``
-    plus ``/d<dim>`` so two dims never share a version.
+    checkpoints: the first 16 hex digits of sha256(checkpoint bytes); ``untrained:`` specs:
+    ``<spec>@seed<seed>`` plus ``/d<dim>`` so two dims never share a version; ``imagenet:`` specs
+    (deterministic, no seed or dim): ``<spec>@pooled``.
 """
 from __future__ import annotations
 
@@ -62,11 +65,14 @@ def load_model(spec: str, dim: int = 256, seed: int = 0,
                storage_cfg: StorageConfig | None = None) -> tuple[EmbeddingNet, str]:
     """Build or load the model named by ``spec``; returns (model in eval mode on CPU, model_version)."""
     prefix, _, backbone = spec.partition(":")
+    if prefix == "imagenet" and backbone:
+        name, _, uri = backbone.partition("=")
+        return EmbeddingNet(backbone=name, dim=None, weights=uri or "imagenet", storage=storage_cfg).eval(), \
+            model_version_of(spec)
     if prefix in BUILT_PREFIXES and backbone:
-        weights = "none" if prefix == "untrained" else "imagenet"
         with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
             torch.manual_seed(seed)
-            model = EmbeddingNet(backbone=backbone, dim=dim, weights=weights)
+            model = EmbeddingNet(backbone=backbone, dim=dim, weights="none")
         return model.eval(), f"{spec}@seed{seed}/d{dim}"
     data = storage.read_bytes(spec, storage_cfg)
     try:
@@ -94,6 +100,8 @@ def load_model(spec: str, dim: int = 256, seed: int = 0,
 def model_version_of(spec: str, dim: int = 256, seed: int = 0, storage_cfg: StorageConfig | None = None) -> str:
     """The model_version ``load_model(spec, dim, seed)`` would report, without building the model."""
     prefix, _, backbone = spec.partition(":")
+    if prefix == "imagenet" and backbone:
+        return f"{spec}@pooled"
     if prefix in BUILT_PREFIXES and backbone:
         return f"{spec}@seed{seed}/d{dim}"
     return hashlib.sha256(storage.read_bytes(spec, storage_cfg)).hexdigest()[:16]

@@ -18,6 +18,7 @@ from torch import nn
 
 from artextract import storage
 from artextract.config import ClassifierTrainConfig
+from artextract.data.mix import mix_batch
 from artextract.losses.multitask import CLASS_WEIGHT_POWER, MultiTaskLoss, balanced_weights
 from artextract.models.crnn import CRNNClassifier
 from artextract.runinfo import JobRun
@@ -87,7 +88,13 @@ class ClassifierTask:
         x = torch.as_tensor(batch["image"]).to(device, non_blocking=True).contiguous(
             memory_format=torch.channels_last)
         ys = {t: torch.as_tensor(batch[f"y_{t}"]).to(device) for t in self.tasks}
-        total, _ = self.loss_fn.to(device)(model(x), ys)
+        d = self.cfg.data
+        mixed = mix_batch(x, d.mixup, d.cutmix, d.mix_prob)
+        out, loss_fn = model(mixed.x), self.loss_fn.to(device)
+        total, _ = loss_fn(out, ys)
+        if mixed.perm is not None:
+            partner, _ = loss_fn(out, {t: y[mixed.perm] for t, y in ys.items()})
+            total = mixed.lam * total + (1.0 - mixed.lam) * partner
         return total
 
     def batches(self, epoch: int, start: int, rank: int, world: int):

@@ -53,18 +53,51 @@ def _thumb(data: bytes | None) -> bytes | None:
         return None
 
 
-def _rows(cfg: EvaluateClassifierConfig, meta: dict[str, Any]) -> tuple[pa.Table, dict[str, np.ndarray]]:
+def _split(cfg: EvaluateClassifierConfig, meta: dict[str, Any]) -> str:
+    if cfg.split is not None:
+        return cfg.split
+    return "test" if cfg.input in (None, meta["input"]) else "all"  # another collection: all of it
+
+
+def _rows(cfg: EvaluateClassifierConfig, meta: dict[str, Any], split: str) -> tuple[pa.Table, dict[str, np.ndarray]]:
     tasks = tuple(meta["tasks"])
     source = cfg.input or meta["input"]
     keys = tdata.load_rows(source, tasks, cfg.storage, require_labels=False)
-    if cfg.split != "all":
+    if split != "all":
         splits = storage.read_parquet(storage.join(cfg.run, "splits.parquet"), cfg.storage,
                                       columns=["image_id", "split"])
-        wanted = pc.filter(splits["image_id"], pc.equal(splits["split"], cfg.split))
+        wanted = pc.filter(splits["image_id"], pc.equal(splits["split"], split))
         keys = keys.filter(pc.is_in(keys["image_id"], value_set=wanted))
         if len(keys) == 0:
-            raise ValueError(f"no rows of split {cfg.split!r} of {cfg.run} found in {source}")
+            raise ValueError(f"no rows of split {split!r} of {cfg.run} found in {source} (split=all evaluates "
+                             "every row of another collection)")
     return keys, tdata.encode_labels(keys, meta["vocab"])
+
+
+def label_coverage(keys: pa.Table, vocab: dict[str, list[str]], top: int = 20) -> dict[str, dict[str, Any]]:
+    """Per task: rows with a class the model has a head for (scored), rows whose class it has never
+    seen (counted by class, not scored) and unlabelled rows."""
+    out = {}
+    for task, classes in vocab.items():
+        known = set(classes)
+        values = [v for v in keys[task].to_pylist() if v not in (None, "")]
+        names, counts = np.unique([v for v in values if v not in known], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        out[task] = {"rows": len(keys), "scored": sum(v in known for v in values),
+                     "unknown_class_rows": int(counts.sum()), "unlabelled": len(keys) - len(values),
+                     "unknown_classes": {str(names[i]): int(counts[i]) for i in order[:top]}}
+        if counts.sum():
+            log.warning("%s: %d of %d rows have classes the model has no head for (%s%s): counted, not scored",
+                        task, int(counts.sum()), len(keys),
+                        ", ".join(f"{names[i]} {counts[i]}" for i in order[:5]), ", …" if len(order) > 5 else "")
+    return out
+
+
+def _seen_in_training(cfg: EvaluateClassifierConfig, keys: pa.Table) -> int:
+    # Another collection may share images with the training data: say how many, since they inflate scores.
+    splits = storage.read_parquet(storage.join(cfg.run, "splits.parquet"), cfg.storage, columns=["image_id", "split"])
+    trained = pc.filter(splits["image_id"], pc.is_in(splits["split"], value_set=pa.array(["train", "val"])))
+    return int(pc.sum(pc.is_in(keys["image_id"], value_set=trained)).as_py() or 0)
 
 
 @torch.no_grad()
@@ -96,7 +129,10 @@ def run(cfg: EvaluateClassifierConfig) -> dict[str, Any]:
         raise ValueError("evaluate classifier needs run= and out=")
     job = JobRun("evaluate_classifier", cfg, cfg.out)
     model, meta, progress = load_classifier(cfg.run, cfg.checkpoint, cfg.storage)
-    keys, labels = _rows(cfg, meta)
+    split = _split(cfg, meta)
+    keys, labels = _rows(cfg, meta, split)
+    coverage = label_coverage(keys, meta["vocab"])
+    seen = _seen_in_training(cfg, keys) if split == "all" else 0
     job.lap("load")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     # Older runs have no eval_size: they were validated at image_size.
@@ -109,14 +145,16 @@ def run(cfg: EvaluateClassifierConfig) -> dict[str, Any]:
         tasks={t: TaskPredictions(meta["vocab"][t], labels[t], probs[t]) for t in meta["tasks"]},
         embeddings=feats, thumbnails=thumbs, titles=keys["image_id"].to_pylist())
     extra = {"run": cfg.run, "checkpoint": cfg.checkpoint, "checkpoint_epoch": progress["epoch"],
-             "checkpoint_step": progress["step"], "split": cfg.split, "input": cfg.input or meta["input"],
+             "checkpoint_step": progress["step"], "split": split, "input": cfg.input or meta["input"],
              "backbone": meta["model"]["backbone"], "sequence": meta["model"]["sequence"],
-             "rnn": meta["model"]["rnn"], "image_size": meta["image_size"], "eval_size": size, "tta": cfg.tta}
+             "rnn": meta["model"]["rnn"], "image_size": meta["image_size"], "eval_size": size, "tta": cfg.tta,
+             "label_coverage": coverage, "rows_seen_in_training": seen}
     metrics = write_classifier_report(cfg.out, preds, storage_cfg=cfg.storage, tsne_max_points=cfg.tsne_max_points,
                                       outlier_method=cfg.outlier_method, outlier_top=cfg.outlier_top,
                                       mispredict_min_prob=cfg.mispredict_min_prob, seed=cfg.seed, extra=extra)
     job.lap("report")
     headline = {t: {k: m.get(k) for k in ("n", "accuracy", "top3", "balanced_accuracy", "macro_f1")}
                 for t, m in metrics["tasks"].items()}
-    return job.finish({"images": len(keys), **{f"{t}_labelled": int((y >= 0).sum()) for t, y in labels.items()}},
-                      metrics=headline, report=storage.join(cfg.out, "report.html"))
+    counts = {"images": len(keys), "rows_seen_in_training": seen,
+              **{f"{t}_{k}": c[k] for t, c in coverage.items() for k in ("scored", "unknown_class_rows", "unlabelled")}}
+    return job.finish(counts, metrics=headline, unknown_classes={t: c["unknown_classes"] for t, c in coverage.items()}, report=storage.join(cfg.out, "report.html"))

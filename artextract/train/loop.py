@@ -21,6 +21,7 @@ from torch import nn
 from artextract import storage
 from artextract.config import OptimConfig, StorageConfig, TrainRunConfig
 from artextract.train import checkpoint as ckpt
+from artextract.train.param_groups import param_groups, set_backbone_frozen
 from artextract.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -133,21 +134,12 @@ def _set_bn_eval(model: nn.Module) -> None:
             m.eval()
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # No decay on biases and norm scales: decaying them only hurts (standard AdamW practice).
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
     dtype = next(module.parameters()).dtype
     return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
-def _prepare(model: nn.Module, ctx: WorkerContext, run: TrainRunConfig) -> nn.Module:
+def _prepare(model: nn.Module, ctx: WorkerContext, run: TrainRunConfig, freezes: bool = False) -> nn.Module:
     model = model.to(ctx.device)
     if run.dtype == "float64":
         # Batches are decoded as float32; the hook casts them (training and validation alike).
@@ -159,7 +151,8 @@ def _prepare(model: nn.Module, ctx: WorkerContext, run: TrainRunConfig) -> nn.Mo
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if _is_dist(ctx.world):
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # A frozen warm-up leaves the backbone without gradients for a while: DDP must look for them.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=freezes)
     return model
 
 
@@ -186,9 +179,10 @@ def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig,
     torch.manual_seed(run.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     if run.torch_threads:
         torch.set_num_threads(run.torch_threads)
-    model = _prepare(task.build_model(), ctx, run)
+    model = _prepare(task.build_model(), ctx, run, freezes=optim.freeze_backbone_epochs > 0)
     inner = getattr(model, "module", model)
-    opt = torch.optim.AdamW(_param_groups(model, optim.weight_decay), lr=optim.lr)
+    opt = torch.optim.AdamW(param_groups(inner, optim), lr=optim.lr)
+    ema = _ema(inner, run.ema_decay)
     total = run.epochs * ctx.steps_per_epoch
     sched = build_scheduler(opt, optim, total, ctx.steps_per_epoch)
     amp = _amp_dtype(ctx, run)
@@ -197,7 +191,11 @@ def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig,
     last_uri = ckpt.checkpoint_uri(out, "last")
     if run.resume and storage.exists(last_uri, storage_cfg):
         state = ckpt.load(last_uri, storage_cfg, task=task.name)
-        inner.load_state_dict(state["state_dict"])
+        # With EMA, state_dict holds the averaged weights and train_state_dict the optimised ones.
+        inner.load_state_dict(state.get("train_state_dict", state["state_dict"]))
+        if ema is not None:
+            ema.module.load_state_dict(state["state_dict"])
+            ema.n_averaged.fill_(max(1, state["progress"]["step"]))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -212,6 +210,8 @@ def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig,
         model.train()
         if run.freeze_bn:
             _set_bn_eval(model)
+        if optim.freeze_backbone_epochs:
+            set_backbone_frozen(inner, epoch < optim.freeze_backbone_epochs)
         last_log = time.monotonic()
         for batch in ctx.batches(epoch, prog.batch_in_epoch):
             step_seed(run.seed, epoch, prog.batch_in_epoch, ctx.rank)
@@ -225,6 +225,8 @@ def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig,
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(inner)
             prog.step += 1
             prog.batch_in_epoch += 1
             loss_sum, n_loss = loss_sum + float(loss.detach()), n_loss + 1
@@ -248,10 +250,11 @@ def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig,
                    "images_per_s": round(seen * ctx.world / max(time.monotonic() - t_epoch, 1e-9), 2)}
         validate = stop or prog.epoch >= run.epochs or (finished_epoch and prog.epoch % run.eval_every == 0)
         if validate and ctx.rank == 0:
-            metrics.update({f"val_{k}": v for k, v in task.validate(inner, ctx.device).items()})
+            evaluated = inner if ema is None else ema.module
+            metrics.update({f"val_{k}": v for k, v in task.validate(evaluated, ctx.device).items()})
         if ctx.rank == 0:
             history.append(metrics)
-            _save(task, inner, opt, sched, scaler, prog, history, metrics, out, storage_cfg)
+            _save(task, inner, ema, opt, sched, scaler, prog, history, metrics, out, storage_cfg)
             log.info("%s epoch %d: %s", task.name, epoch + 1, json.dumps(
                 {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
         _barrier(ctx.world)
@@ -260,13 +263,33 @@ def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig,
     return {"progress": vars(prog), "final": metrics, "history": history}
 
 
-def _save(task: Task, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: Any, prog: Progress,
+def _ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
+    if decay is None:
+        return None
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        # Warm-up (as in TF's ExponentialMovingAverage with num_updates): early on the average would
+        # be mostly the initial weights, so the effective decay grows from 0.1 towards ``decay``.
+        if not averaged[0].is_floating_point():  # tensors come grouped by dtype; BN's step counters
+            torch._foreach_copy_(averaged, current)
+            return
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    # use_buffers: BatchNorm statistics are averaged with the weights, so the EMA model is usable as is.
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def _save(task: Task, model: nn.Module, ema: Any, opt: torch.optim.Optimizer, sched: Any, scaler: Any, prog: Progress,
           history: list[dict], metrics: dict, out: str, storage_cfg: StorageConfig | None) -> None:
     score = metrics.get("val_score")
     best = score is not None and score > prog.best_score
     if best:
         prog.best_score, prog.best_epoch = float(score), int(metrics["epoch"])
-    payload = {"task": task.name, "meta": task.meta(), "state_dict": ckpt.cpu_state(model),
+    # state_dict is what evaluation/embedding load: the averaged weights when EMA is on.
+    payload = {"task": task.name, "meta": task.meta(),
+               "state_dict": ckpt.cpu_state(model if ema is None else ema.module),
+               **({} if ema is None else {"train_state_dict": ckpt.cpu_state(model)}),
                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                "progress": vars(prog), "history": history}
     # best first: a crash between the two leaves last.pt older, never a best.pt missing its epoch.
