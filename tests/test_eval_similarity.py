@@ -118,6 +118,62 @@ def test_clustered_and_random_vectors():
     assert 0.03 < r["precision@1"] < 0.2 and r["map@r"] < 0.2
 
 
+def test_ties_rank_by_row_index_in_every_metric():
+    """Exact ties (duplicate vectors) follow the one ranking rule, descending score then ascending row,
+    in P@k, MAP@R and MRR alike (MRR used to count ties in the query's favour)."""
+    X = np.array([[1, 0], [0.6, 0.8], [0.6, 0.8], [-1, 0]], np.float32)
+    m = R.retrieval_metrics(X, [0, 1, 0, 0], ks=(1,))
+    # Every query's first neighbour is a tied non-relevant row with the lower index: P@1 0, RR 1/2.
+    assert m["queries"] == 3 and m["precision@1"] == 0.0 and m["mrr"] == pytest.approx(0.5)
+    # Three identical vectors at 120 degrees and one at 0: the tie at rank 1 goes to the lower row.
+    Y = _circle([120, 0, 120, 120])
+    _, idx = R.knn(Y, 1)
+    assert idx[:, 0].tolist() == [2, 0, 0, 0]
+    m = R.retrieval_metrics(Y, [0, 1, 1, 0], ks=(1,))
+    assert m["precision@1"] == pytest.approx(0.25)
+    assert m["mrr"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 3 + 1) / 4)  # ranks 2, 2, 3, 1
+
+
+def test_metrics_do_not_depend_on_the_block_size_with_duplicates():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(40, 24)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    X = np.repeat(base, 3, axis=0)  # three reproductions of each work, exactly equal vectors
+    labels = rng.integers(0, 8, len(X))  # labels disagree within a work: the tie order matters
+    one_row = R.retrieval_metrics(X, labels, ks=(1, 5), budget=1)
+    assert R.retrieval_metrics(X, labels, ks=(1, 5)) == one_row
+    assert R.retrieval_metrics(X, labels, ks=(1, 5), budget=7 * 2 * len(X)) == one_row
+    assert np.array_equal(R.knn(X, 5, budget=1)[1], R.knn(X, 5)[1])
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_metrics_match_pytorch_metric_learning(duplicates):
+    """P@1, MAP@R and MRR against pytorch-metric-learning's AccuracyCalculator (test-only dependency),
+    on tie-free data and on data where each work appears several times (ties inside a label only,
+    where every tie order gives the same answer)."""
+    import torch
+    from pytorch_metric_learning.distances import CosineSimilarity
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(12), 6)
+    centres = rng.normal(size=(12, 16))
+    X = (centres[labels] + 1.2 * rng.normal(size=(len(labels), 16))).astype(np.float32)
+    if duplicates:
+        X[1::2] = X[0::2]  # rows 2i and 2i+1 (same label) are the same vector
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r", "mean_reciprocal_rank"),
+                              k=len(X) - 1, knn_func=CustomKNN(CosineSimilarity()), device=torch.device("cpu"))
+    t = torch.from_numpy(X)
+    ref = calc.get_accuracy(t, torch.from_numpy(labels), t, torch.from_numpy(labels), ref_includes_query=True)
+    ours = R.retrieval_metrics(X, labels, ks=(1,))
+    assert ours["precision@1"] == pytest.approx(ref["precision_at_1"], abs=1e-6)
+    assert ours["map@r"] == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-6)
+    assert ours["mrr"] == pytest.approx(ref["mean_reciprocal_rank"], abs=1e-6)
+    assert 0.2 < ours["map@r"] < 0.95  # neither trivial nor hopeless
+
+
 # ------------------------------------------------------------------------------- pixels, copies
 
 def _jpeg(seed: int, size: int = 72) -> bytes:

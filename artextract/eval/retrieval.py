@@ -12,8 +12,14 @@ Conventions
 A query is a labelled row; it is *skipped* (and counted) when no other retrievable row shares its
 label (R = 0), since precision/recall/MAP@R are undefined for it.
 
+Ranking rule (every metric, MRR included): descending score, ties broken by ascending row index.
+Scores are computed in float64 and rounded to ``SCORE_DECIMALS`` decimals, so scores that are equal
+in exact arithmetic (duplicate vectors: several reproductions of one work) are equal bit for bit,
+whatever the BLAS kernel or the block size; otherwise 1-ulp noise would decide which duplicate ranks
+first, and P@1 / MAP@R would move with ``budget``.
+
 The full (N, N) similarity matrix is never held: queries are processed in blocks of
-``budget // N`` rows so a block's scores stay around ``budget`` float32 values.
+``budget // (2N)`` rows so a block's float64 scores stay around ``budget`` float32 values' worth.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-DEFAULT_BUDGET = 1 << 22  # float32 scores per block (16 MiB); argpartition doubles that in int64
+DEFAULT_BUDGET = 1 << 22  # float32 scores' worth of memory per block (16 MiB)
+SCORE_DECIMALS = 9  # cosines in [-1, 1]: float64 noise (~1e-16) never reaches the 9th decimal
 
 
 # ----------------------------------------------------------------------------------- encodings
@@ -70,12 +77,13 @@ def relevant_counts(codes: np.ndarray, gcodes: np.ndarray | None = None) -> np.n
 
 def _blocks(X: np.ndarray, rows: np.ndarray, gcodes: np.ndarray | None,
             budget: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (query rows (c,), scores (c, N)) with self and same-group entries set to -inf."""
+    """Yield (query rows (c,), float64 scores (c, N)) with self and same-group entries set to -inf."""
     n = len(X)
-    step = max(1, budget // max(n, 1))
+    X64 = X.astype(np.float64)
+    step = max(1, budget // max(2 * n, 1))
     for s in range(0, len(rows), step):
         q = rows[s:s + step]
-        S = X[q] @ X.T
+        S = np.round(X64[q] @ X64.T, SCORE_DECIMALS)
         S[np.arange(len(q)), q] = -np.inf
         if gcodes is not None:
             S[gcodes[q][:, None] == gcodes[None, :]] = -np.inf
@@ -83,13 +91,19 @@ def _blocks(X: np.ndarray, rows: np.ndarray, gcodes: np.ndarray | None,
 
 
 def _top(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of each row of S, sorted by descending score then ascending column."""
+    """Top-k of each row of S, sorted by descending score then ascending column (exact ties included:
+    argpartition alone would keep an arbitrary subset of the ties straddling rank k)."""
     k = min(k, S.shape[1])
-    part = np.sort(np.argpartition(-S, k - 1, axis=1)[:, :k], axis=1) if k < S.shape[1] \
-        else np.tile(np.arange(S.shape[1]), (len(S), 1))
-    vals = np.take_along_axis(S, part, 1)
-    order = np.argsort(-vals, axis=1, kind="stable")  # stable: ties keep ascending column
-    return np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
+    if k >= S.shape[1]:
+        order = np.argsort(-S, axis=1, kind="stable")
+        return np.take_along_axis(S, order, 1), order
+    kth = -np.partition(-S, k - 1, axis=1)[:, k - 1]  # the k-th largest score of each row
+    vals, idx = np.empty((len(S), k), S.dtype), np.empty((len(S), k), np.int64)
+    for r in range(len(S)):
+        cand = np.flatnonzero(S[r] >= kth[r])  # everything above the k-th score, and all its ties
+        pick = cand[np.argsort(-S[r, cand], kind="stable")[:k]]  # stable: ties keep ascending column
+        vals[r], idx[r] = S[r, pick], pick
+    return vals, idx
 
 
 def knn(X: np.ndarray, k: int, groups: Sequence | np.ndarray | None = None,
@@ -191,9 +205,13 @@ def retrieval_metrics(X: np.ndarray, labels: Sequence | np.ndarray, ks: Sequence
             add(f"recall@{k}", _recall(rel, R[q], k))
             add(f"hit_rate@{k}", _hit(rel, k))
         add("map@r", _ap_at_r(rel, R[q]))
-        # Exact rank of the first relevant item: 1 + non-relevant rows scoring above the best relevant.
+        # Exact rank of the first relevant item under the ranking rule: 1 + non-relevant rows ranked
+        # before it (a higher score, or the same score at a lower row index).
         best = np.where(rel_full, S, -np.inf).max(1)
-        rank = 1 + ((S > best[:, None]) & ~rel_full).sum(1)
+        cols = np.arange(S.shape[1])
+        first = np.where(rel_full & (S == best[:, None]), cols, S.shape[1]).min(1)
+        before = (S > best[:, None]) | ((S == best[:, None]) & (cols[None, :] < first[:, None]))
+        rank = 1 + (before & ~rel_full).sum(1)
         add("mrr", 1.0 / rank)
     out: dict[str, float | int | bool] = {
         "labelled": int(labelled.sum()), "queries": int(len(rows)),
