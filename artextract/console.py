@@ -27,6 +27,16 @@ _RAY_NOISE = (
 )
 
 
+# AWS SDK loggers: at DEBUG botocore logs every request's headers (the access key id inside
+# Authorization, X-Amz-Security-Token) and urllib3 the signed URLs. Held at INFO even with -v.
+_CREDENTIAL_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "aiobotocore")
+
+
+def _guard_credentials() -> None:
+    for name in _CREDENTIAL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def verbose() -> bool:
     """True when the user asked for everything (``-v``); inherited by Ray workers via the env."""
     return os.environ.get(VERBOSE_ENV) == "1"
@@ -37,6 +47,7 @@ def setup(is_verbose: bool = False) -> None:
     os.environ[VERBOSE_ENV] = "1" if is_verbose else "0"
     if is_verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _guard_credentials()
         return
     # Third-party INFO (faiss loader, matplotlib font cache, ...) stays out: root at WARNING, ours
     # at INFO, one handler (on the root, so pytest's caplog and embedding applications see ours).
@@ -79,6 +90,7 @@ def quiet_ray() -> None:
 def worker_setup() -> None:
     """``worker_process_setup_hook`` of the local Ray: the same quiet loggers in every worker."""
     quiet_ray()
+    _guard_credentials()
     if not verbose():
         _attach_ours()  # a worker's root logger has no handler: our INFO lines would be lost
 

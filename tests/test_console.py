@@ -39,3 +39,29 @@ def test_verbose_console_shows_everything():
     for line in ("faiss-info", "font-cache-info", "token-auth-notice", "our-progress", "our-warning"):
         assert line in out, line
     assert "backend None verbose 1" in out
+
+
+def test_verbose_console_never_logs_aws_credentials(s3_endpoint, s3_bucket):
+    """``artextract -v`` turns DEBUG on everywhere, but botocore's DEBUG lines carry the request
+    headers (access key id in Authorization, the session token): those loggers stay at INFO."""
+    import os
+
+    from tests.conftest import TEST_KEY_ID
+
+    token = "FAKE-SESSION-TOKEN-abcdef123456"
+    script = f"""
+import boto3, logging
+from artextract import console
+console.setup(True)
+logging.getLogger("artextract.storage").debug("our-debug-line")
+s3 = boto3.client("s3", endpoint_url={s3_endpoint!r}, region_name="us-east-1")
+s3.put_object(Bucket={s3_bucket!r}, Key="k.txt", Body=b"x")
+s3.list_objects_v2(Bucket={s3_bucket!r})
+"""
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in ("PATH", "HOME")}
+    env["AWS_SESSION_TOKEN"] = token
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "our-debug-line" in out  # -v still shows DEBUG lines
+    assert TEST_KEY_ID not in out and token not in out and "X-Amz-Security-Token" not in out
