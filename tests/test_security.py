@@ -11,6 +11,8 @@ import functools
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from artextract import config as config_pkg
 from artextract import fuzz, manifest, samples, storage
@@ -242,11 +244,21 @@ def test_secrets_in_a_config_are_redacted_or_refused(tmp_path):
     from conftest import TEST_KEY_ID, TEST_SECRET
 
     # StorageConfig has no credential fields by design; a credential pasted into the endpoint URL is
-    # masked in the resolved config written beside every output.
-    cfg = PreprocessConfig(storage=StorageConfig(s3_endpoint=f"http://{TEST_KEY_ID}:{TEST_SECRET}@127.0.0.1:9000"))
-    text = Path(save_resolved(cfg, str(tmp_path))).read_text()
-    assert TEST_KEY_ID not in text and TEST_SECRET not in text
-    assert yaml.safe_load(text)["storage"]["s3_endpoint"] == "http://***@127.0.0.1:9000"
+    # refused at validation (it would reach boto's errors, tracebacks and repr), never echoed back.
+    pasted = f"http://{TEST_KEY_ID}:{TEST_SECRET}@127.0.0.1:9000"
+    with pytest.raises(ValidationError) as direct:
+        StorageConfig(s3_endpoint=pasted)
+    assert "must not carry credentials" in str(direct.value)
+    assert TEST_KEY_ID not in str(direct.value) and TEST_SECRET not in str(direct.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(PreprocessConfig, overrides=[f"storage.s3_endpoint={pasted}"])
+    assert "storage.s3_endpoint" in str(err.value) and "AWS chain" in str(err.value)
+    assert TEST_KEY_ID not in str(err.value) and TEST_SECRET not in str(err.value)
+    cli = subprocess.run([sys.executable, "-m", "artextract", "preprocess", "--manifest", str(tmp_path),
+                          "--out", str(tmp_path / "o"), "--s3-endpoint", pasted], capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode != 0 and "must not carry credentials" in cli.stderr
+    assert TEST_KEY_ID not in cli.stdout + cli.stderr and TEST_SECRET not in cli.stdout + cli.stderr
     plain = PreprocessConfig(storage=StorageConfig(s3_endpoint="https://minio.local:9000"))
     assert yaml.safe_load(Path(save_resolved(plain, str(tmp_path))).read_text())["storage"]["s3_endpoint"] \
         == "https://minio.local:9000"

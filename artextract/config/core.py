@@ -10,7 +10,10 @@ from typing import Annotated, Any, Iterator, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+SECRET_ERROR = "credentials_in_value"  # a validation error whose input must not be echoed
 
 # "s3://…", "file://…", "https://…" and model specs such as "untrained:resnet18" are not local paths.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -83,6 +86,8 @@ class Strict(BaseModel):
 class StorageConfig(Strict):
     """Object-storage settings. Credentials are NOT configured here: they come from the AWS chain."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
     s3_endpoint: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (MinIO/Ceph)")
     s3_region: str | None = None
     s3_anonymous: bool = False
@@ -104,16 +109,15 @@ class StorageConfig(Strict):
     def _absolute_root(cls, root: str | None) -> str | None:
         return PathField().absolute(root, os.getcwd()) if root else root
 
-    @field_serializer("s3_endpoint")
-    def _endpoint_without_userinfo(self, endpoint: str | None) -> str | None:
-        """Credentials belong to the AWS chain, but a user may still paste ``http://KEY:SECRET@host``:
-        the resolved config (written beside every output) then shows ``http://***@host``."""
-        if not endpoint:
-            return endpoint
-        parts = urlsplit(endpoint)
-        if "@" not in parts.netloc:
-            return endpoint
-        return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _no_userinfo(cls, endpoint: str | None) -> str | None:
+        # Credentials belong to the AWS chain. One pasted as http://KEY:SECRET@host would reach boto's
+        # error messages, tracebacks and repr(cfg), so it is refused, and the error never echoes it.
+        if endpoint and "@" in urlsplit(endpoint).netloc:
+            raise PydanticCustomError(SECRET_ERROR, "an endpoint must not carry credentials (user:password@host); "
+                                      "they come from the AWS chain (environment, ~/.aws, instance role)")
+        return endpoint
 
 
 class RayConfig(Strict):
@@ -160,6 +164,8 @@ def _format_errors(exc: ValidationError) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key '{key}'")
+        elif err["type"] == SECRET_ERROR:  # the value may be a secret: never repeat it
+            lines.append(f"key '{key}': {err['msg']}")
         else:
             lines.append(f"key '{key}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
