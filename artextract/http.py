@@ -35,10 +35,10 @@ def session(cfg: StorageConfig) -> requests.Session:
     return s
 
 
-def get(uri: str, cfg: StorageConfig) -> requests.Response:
+def get(uri: str, cfg: StorageConfig, stream: bool = False) -> requests.Response:
     """GET with retries; raises FileNotFoundError on 404/410, OSError on other failures."""
     try:
-        resp = session(cfg).get(uri, timeout=(cfg.connect_timeout_s, cfg.http_timeout_s))
+        resp = session(cfg).get(uri, timeout=(cfg.connect_timeout_s, cfg.http_timeout_s), stream=stream)
     except requests.exceptions.RetryError as exc:
         raise OSError(f"GET {uri}: gave up after {cfg.http_retries} retries: {exc}") from exc
     except requests.exceptions.ConnectionError as exc:
@@ -52,9 +52,18 @@ def get(uri: str, cfg: StorageConfig) -> requests.Response:
     return resp
 
 
-def get_bytes(uri: str, cfg: StorageConfig) -> bytes:
-    """The body of a GET (see get())."""
-    return get(uri, cfg).content
+def get_bytes(uri: str, cfg: StorageConfig, limit: int | None = None) -> bytes:
+    """The body of a GET (see get()); with ``limit``, at most ``limit + 1`` bytes are read."""
+    if limit is None:
+        return get(uri, cfg).content
+    with get(uri, cfg, stream=True) as resp:
+        chunks, size = [], 0
+        for chunk in resp.iter_content(chunk_size=min(1 << 20, limit + 1)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break  # closing the response drops the rest unread
+        return b"".join(chunks)[:limit + 1]
 
 
 def preflight(uri: str, timeout_s: float) -> None:

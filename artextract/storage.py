@@ -165,15 +165,16 @@ def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
 
 
 @_s3_retry
-def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
-    """Read a whole object. Raises FileNotFoundError, or OSError for transport failures."""
+def read_bytes(uri: str, cfg: StorageConfig | None = None, limit: int | None = None) -> bytes:
+    """Read a whole object, or with ``limit`` at most ``limit + 1`` bytes (so a caller can tell "too
+    large" without holding the rest). Raises FileNotFoundError, or OSError for transport failures."""
     if uri.startswith(HTTP_SCHEMES):
         from artextract.http import get_bytes
 
-        return get_bytes(uri, cfg or StorageConfig())
+        return get_bytes(uri, cfg or StorageConfig(), limit)
     loc = filesystem_for(uri, cfg)
     with loc.fs.open_input_stream(loc.path) as f:
-        return f.read()
+        return f.read() if limit is None else f.read(limit + 1)
 
 
 @_s3_retry

@@ -59,6 +59,29 @@ def test_decode_downscales_large_images_with_limits():
         decode(buf.getvalue(), DecodeConfig(max_bytes=100))
 
 
+def test_read_stage_quarantines_oversized_files_after_reading_max_bytes_plus_one(tmp_path, monkeypatch):
+    from artextract.config import StorageConfig
+    from artextract.stages.read import ReadDecodeStage
+
+    big, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    big.write_bytes(b"\xff\xd8" + b"0" * 5_000_000)
+    Image.new("RGB", (400, 300), (200, 10, 10)).save(small, "JPEG")
+    seen = []
+    real = storage.read_bytes
+
+    def spy(uri, cfg=None, limit=None):
+        out = real(uri, cfg, limit=limit)
+        seen.append((uri, limit, len(out)))
+        return out
+
+    monkeypatch.setattr(storage, "read_bytes", spy)
+    stage = ReadDecodeStage(DecodeConfig(max_bytes=4096), StorageConfig())
+    out = stage({"image_id": np.array(["big", "small"]), "uri": np.array([str(big), str(small)])})
+    assert out["status"].tolist() == ["quarantined", "ok"]
+    assert out["reason"][0] == "too_large_file" and out["detail"][0] == "more than 4096 bytes"
+    assert sorted(seen) == sorted([(str(big), 4096, 4097), (str(small), 4096, small.stat().st_size)])
+
+
 def test_default_detector_finds_the_astronaut(detector):
     from skimage import data
 

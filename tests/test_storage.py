@@ -96,3 +96,31 @@ def test_unreachable_s3_fails_fast(tmp_path):
         storage.read_bytes("s3://bucket/key", cfg)
     # A closed port refuses at once; one SDK attempt and no outer retry rounds (they took 17 s).
     assert time.time() - t0 < 10
+
+
+@pytest.mark.parametrize("where", ["local", "s3", "http"])
+def test_bounded_read_stops_after_limit_plus_one(where, tmp_path, request):
+    """``read_bytes(limit=n)`` returns at most n + 1 bytes (enough to know "too large") from every
+    backend, so a huge file is never held in memory just to be rejected."""
+    data = os.urandom(3 * 1024 * 1024)
+    if where == "local":
+        uri, cfg = str(tmp_path / "big.bin"), StorageConfig()
+        storage.write_bytes(uri, data, cfg)
+    elif where == "s3":
+        bucket, cfg = request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_storage")
+        uri = f"s3://{bucket}/big.bin"
+        storage.write_bytes(uri, data, cfg)
+    else:
+        import functools
+        import http.server
+        import threading
+
+        (tmp_path / "big.bin").write_bytes(data)
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        request.addfinalizer(server.shutdown)
+        uri, cfg = f"http://127.0.0.1:{server.server_address[1]}/big.bin", StorageConfig()
+    assert storage.read_bytes(uri, cfg, limit=1000) == data[:1001]
+    assert storage.read_bytes(uri, cfg, limit=len(data)) == data  # at the limit: all of it
+    assert storage.read_bytes(uri, cfg) == data

@@ -90,7 +90,7 @@ def decode(data: bytes, cfg: DecodeConfig) -> Decoded:
     if not data:
         raise Quarantine("empty")
     if len(data) > cfg.max_bytes:
-        raise Quarantine("too_large_file", f"{len(data)} bytes")
+        raise Quarantine("too_large_file", f"more than {cfg.max_bytes} bytes")
     with warnings.catch_warnings():
         # PIL warns (rather than raises) between 1x and 2x its pixel limit; treat both as bombs.
         warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -22,7 +22,8 @@ class ReadDecodeStage:
 
     def _read(self, uri: str) -> bytes | Quarantine:
         try:
-            return storage.read_bytes(uri, self.storage_cfg)
+            # Never more than max_bytes + 1: a huge file is quarantined as too large, not held first.
+            return storage.read_bytes(uri, self.storage_cfg, limit=self.cfg.max_bytes)
         except FileNotFoundError as exc:
             return Quarantine("missing", storage.redact(str(exc)))
         except storage.StorageAccessError as exc:  # a row pointing outside storage.local_root
