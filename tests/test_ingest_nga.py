@@ -181,7 +181,8 @@ def iiif():
     server.close()
 
 
-FAST = StorageConfig(http_backoff_s=0.01, http_retries=3, connect_timeout_s=2, http_timeout_s=5)
+# The test IIIF server is on 127.0.0.1: a private address, refused unless allowed.
+FAST = StorageConfig(http_backoff_s=0.01, http_retries=3, connect_timeout_s=2, http_timeout_s=5, http_allow_private=True)
 
 
 def make_cfg(tmp_path: Path, base_url: str, **kw) -> IngestNgaConfig:
@@ -296,7 +297,7 @@ def test_host_lost_mid_run_aborts(tmp_path):
     """When every request stops connecting, the download aborts instead of failing image by image."""
     url = f"http://127.0.0.1:{closed_port()}/iiif/x/full/full/0/default.jpg"
     jobs = [Job(str(i), url, str(tmp_path / f"{i}.jpg")) for i in range(12)]
-    st = StorageConfig(http_retries=0, http_backoff_s=0.01, connect_timeout_s=1)
+    st = StorageConfig(http_retries=0, http_backoff_s=0.01, connect_timeout_s=1, http_allow_private=True)
     with pytest.raises(http.HostUnreachable, match="stopped answering"):
         _fetch_all(jobs, DownloadConfig(enabled=True, images_out=str(tmp_path), concurrency=1), st)
 
@@ -330,7 +331,7 @@ def test_cli(tmp_path, capsys):
 
 def test_manifest_and_images_on_s3(tmp_path, iiif, s3_bucket, s3_storage):
     """Manifest and downloaded images can live in a bucket (moto over HTTP on 127.0.0.1)."""
-    st = s3_storage.model_copy(update={"http_backoff_s": 0.01})
+    st = s3_storage.model_copy(update={"http_backoff_s": 0.01, "http_allow_private": True})
     out = f"s3://{s3_bucket}/nga/manifest"
     images_out = f"s3://{s3_bucket}/nga/images"
     cfg = make_cfg(tmp_path, iiif.url, storage=st, classification="painting",

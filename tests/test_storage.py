@@ -120,7 +120,7 @@ def test_bounded_read_stops_after_limit_plus_one(where, tmp_path, request):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         request.addfinalizer(server.shutdown)
-        uri, cfg = f"http://127.0.0.1:{server.server_address[1]}/big.bin", StorageConfig()
+        uri, cfg = f"http://127.0.0.1:{server.server_address[1]}/big.bin", StorageConfig(http_allow_private=True)
     assert storage.read_bytes(uri, cfg, limit=1000) == data[:1001]
     assert storage.read_bytes(uri, cfg, limit=len(data)) == data  # at the limit: all of it
     assert storage.read_bytes(uri, cfg) == data

@@ -96,7 +96,16 @@ class StorageConfig(Strict):
     request_timeout_s: float = Field(60.0, gt=0)
     http_retries: int = Field(4, ge=0, description="retries with backoff for http(s) reads/downloads")
     http_backoff_s: float = Field(0.5, ge=0)
-    http_timeout_s: float = Field(30.0, gt=0)
+    http_timeout_s: float = Field(30.0, gt=0, description="per socket read (connect has connect_timeout_s)")
+    http_deadline_s: float = Field(300.0, gt=0, description="whole transfer of one http(s) GET, body included: a "
+                                   "server dripping bytes cannot hold a reader longer")
+    http_retry_after_max_s: float = Field(30.0, ge=0, description="cap on a server's Retry-After wait")
+    http_max_redirects: int = Field(3, ge=0, description="redirects followed, each to the same host and never "
+                                    "https -> http; 0 refuses redirects")
+    http_max_bytes: int = Field(1 << 30, ge=1, description="largest http(s) body read; larger fails the read")
+    http_allow_private: bool = Field(False, description="allow http(s) reads from loopback, private and link-local "
+                                     "addresses (a local mirror, a test server); off, a URL or redirect to one "
+                                     "(e.g. a cloud metadata endpoint) is refused")
     local_root: OptUri = Field(None, description=(
         "confine local file access to this directory: when set, every local path a job reads or "
         "writes (manifest rows, inputs, outputs) must resolve inside it after '..' and symlinks are "

@@ -81,7 +81,7 @@ def fetch_one(job: Job, cfg: StorageConfig) -> Fetched:
     if size is None:
         ctype = resp.headers.get("Content-Type", "?")
         return Fetched(job.image_id, job.url,
-                       reason=f"not an image: Content-Type {ctype}, {len(body)} bytes, starts {body[:24]!r}")
+                       reason=f"not an image: Content-Type {ctype}, {len(body)} bytes")  # never the body itself
     width, height = size if size != (0, 0) else (job.width, job.height)
     # Storage errors (disk full, bucket permissions) are not per-image problems: let them raise.
     storage.write_bytes(job.dest, body, cfg)
