@@ -173,3 +173,25 @@ def test_shard_writer_commits_complete_shards_once(tmp_path):
     assert images["title"].to_pylist() == ["A", "B", "C"]  # manifest metadata joined
     faces = storage.read_parquet(str(tmp_path / "faces"))
     assert faces["image_id"].to_pylist() == ["a", "a", "b"] and faces["crop_size"].to_pylist() == [160] * 3
+
+
+def test_16bit_images_are_reduced_before_conversion(tmp_path):
+    """A large 16-bit PNG is resampled to detection size first and shifted to 8 bits: no
+    full-resolution float copy (numpy allocations are what tracemalloc sees)."""
+    import tracemalloc
+
+    side = 4000
+    ramp = (np.linspace(0, 65535, side, dtype=np.float64)[None, :] * np.ones((side, 1))).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    cfg = DecodeConfig(detect_max_side=800)
+    tracemalloc.start()
+    try:
+        d = decode(buf.getvalue(), cfg)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert d.det_image.shape == (800, 800, 3) and d.orig_mode == "I;16"
+    assert peak < 16 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"  # a float64 copy alone is 122 MiB
+    row = d.det_image[400, :, 0].astype(int)
+    assert row[0] < 3 and row[-1] > 252 and (np.diff(row) >= 0).all()  # the ramp survives, in order

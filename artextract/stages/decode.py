@@ -57,14 +57,28 @@ class Decoded:
         return self.det_image.shape[1] / self.orig_width
 
 
+# 16-bit and 32-bit modes: reduced to detection size *before* conversion to 8 bits, which would
+# otherwise hold the full-resolution image in a wide dtype (7000x7000 16-bit: ~1 GiB as float64).
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _reduce_wide(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    try:
+        return img.resize(size, Image.Resampling.BILINEAR)
+    except ValueError:  # a 16-bit layout PIL cannot resample directly (e.g. big-endian I;16B)
+        return img.convert("I").resize(size, Image.Resampling.BILINEAR)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Normalise any PIL mode to 8-bit RGB; alpha is composited over white (paper/canvas)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        lo = 0.0 if img.mode.startswith("I;16") else min(float(arr.min()), 0.0)
+    if img.mode.startswith("I;16"):
+        # 16 -> 8 bits by an integer shift: no float copy of the image.
+        return Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        hi, lo = max(float(arr.max()), 1.0), min(float(arr.min()), 0.0)
         arr8 = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, "L").convert("RGB")
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
@@ -123,9 +137,12 @@ def decode(data: bytes, cfg: DecodeConfig) -> Decoded:
         if fmt == "JPEG" and scale < 0.5:
             # DCT-domain downscaling: decoding a 4000 px JPEG at 1/4 scale is ~10x cheaper.
             img.draft(img.mode, (max(1, int(img.size[0] * scale)), max(1, int(img.size[1] * scale))))
+        det_w, det_h = max(1, round(width * scale)), max(1, round(height * scale))
         try:
             img.load()
             img = ImageOps.exif_transpose(img)
+            if img.mode in _WIDE_MODES and img.size != (det_w, det_h):
+                img = _reduce_wide(img, (det_w, det_h))
             rgb = _to_rgb(img)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise Quarantine("decompression_bomb", str(exc)) from None
@@ -135,8 +152,6 @@ def decode(data: bytes, cfg: DecodeConfig) -> Decoded:
         except Exception as exc:  # noqa: BLE001 - e.g. TypeError from a TIFF strip offset of the
             # wrong type; SyntaxError/ValueError/EOFError/MemoryError from other plugins.
             raise Quarantine("decode_error", f"{type(exc).__name__}: {exc}") from None
-    det_w = max(1, round(width * scale))
-    det_h = max(1, round(height * scale))
     if rgb.size != (det_w, det_h):
         rgb = rgb.resize((det_w, det_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return Decoded(np.asarray(rgb, dtype=np.uint8), width, height, mode, fmt, n_frames)
