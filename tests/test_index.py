@@ -184,13 +184,13 @@ def test_lock_contention_and_stale_lock(tmp_path, data):
     token = L.acquire(idx, owner="other-job")
     with pytest.raises(LockError, match="locked by another writer.*other-job"):
         update_index(idx, remove_keys=keys_of(data)[:3])
-    with pytest.raises(LockError, match="only once it is older"):
+    with pytest.raises(LockError, match="only once its lease expires"):
         update_index(idx, remove_keys=keys_of(data)[:3], force=True)
     assert V.current_version(idx) == 1
-    # Age the lock: force breaks it only then.
+    # Let its lease lapse (its writer stopped renewing it): force breaks it only then.
     path = os.path.join(idx, "LOCK")
     rec = json.load(open(path))
-    rec["created"] = time.time() - 7200
+    rec["expires"] = time.time() - 60
     open(path, "w").write(json.dumps(rec))
     with pytest.raises(LockError, match="rerun with force=True"):
         update_index(idx, remove_keys=keys_of(data)[:3])
@@ -311,3 +311,88 @@ def test_lock_is_exclusive_under_races(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         got = [t for t in pool.map(grab, range(16)) if t]
     assert len(got) == 1
+
+
+# ---------------------------------------------------------------- lock leases (hardening)
+
+
+def _stale_lock(base: str, cfg=None) -> dict:
+    rec = {"token": "dead-writer", "owner": "crashed reindex", "host": "h", "pid": 1,
+           "created": time.time() - 7200, "lease_s": 600, "expires": time.time() - 3600}
+    storage.write_bytes(storage.join(base, "LOCK"), json.dumps(rec).encode(), cfg)
+    return rec
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_writers_breaking_one_stale_lock_cannot_both_win(where, tmp_path, request):
+    """Both read the same stale LOCK; each replaces exactly that record (S3 If-Match on its ETag, local
+    atomic rename): the second finds a newer record and fails, the first keeps its lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if where == "s3":
+        cfg, base = request.getfixturevalue("s3_storage"), f"s3://{request.getfixturevalue('s3_bucket')}/idx"
+    else:
+        cfg, base = None, str(tmp_path / "idx")
+    seen = _stale_lock(base, cfg)
+    uri = storage.join(base, "LOCK")
+    _, etag = L._read(uri, cfg)
+    assert L._replace(uri, seen, etag, L._record("writer-a", "a", 600), cfg)
+    assert not L._replace(uri, seen, etag, L._record("writer-b", "b", 600), cfg)  # read the same stale record
+    assert L.read_lock(base, cfg)["token"] == "writer-a"
+    # Eight writers force-breaking the same stale lock at once: exactly one gets it.
+    _stale_lock(base, cfg)
+
+    def grab(_):
+        try:
+            return L.acquire(base, cfg, owner="racer", force=True)
+        except LockError:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        got = [t for t in pool.map(grab, range(8)) if t]
+    assert len(got) == 1 and L.read_lock(base, cfg)["token"] == got[0]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_retried_create_keeps_its_own_lock(where, tmp_path, request, monkeypatch):
+    """The create succeeded but its response was lost; the retry got 412: the writer finds its own
+    token in the record and keeps the lock instead of calling itself 'another writer'."""
+    if where == "s3":
+        cfg, base = request.getfixturevalue("s3_storage"), f"s3://{request.getfixturevalue('s3_bucket')}/idx"
+    else:
+        cfg, base = None, str(tmp_path / "idx")
+    real = L._create
+    monkeypatch.setattr(L, "_create", lambda uri, body, c: real(uri, body, c) and False)
+    token = L.acquire(base, cfg, owner="me")
+    assert L.read_lock(base, cfg)["token"] == token
+
+
+def test_the_lease_in_the_record_decides_not_the_breakers(tmp_path):
+    """A reindex's lock (6 h lease, 2 h old) is not stale to a build with a short lease of its own."""
+    base = str(tmp_path / "idx")
+    rec = {"token": "reindex", "owner": "reindex", "host": "h", "pid": 1, "created": time.time() - 7200,
+           "lease_s": 6 * 3600, "expires": time.time() + 4 * 3600}
+    storage.write_bytes(storage.join(base, "LOCK"), json.dumps(rec).encode())
+    with pytest.raises(LockError, match="only once its lease expires"):
+        L.acquire(base, owner="build", force=True, lease_s=60)
+    assert L.read_lock(base)["token"] == "reindex"
+
+
+def test_heartbeat_renews_and_a_lost_lock_refuses_to_publish(tmp_path, data):
+    idx = str(tmp_path / "idx")
+    build_index(data.slice(0, 200), idx, shards=1)
+    with L.index_lock(idx, owner="slow writer", lease_s=0.8) as token:
+        first = L.read_lock(idx)["expires"]
+        time.sleep(1.5)  # longer than the lease: only the heartbeat keeps it
+        assert L.read_lock(idx)["expires"] > first
+        with pytest.raises(LockError, match="lease expires"):
+            L.acquire(idx, owner="other", force=True)
+        # Someone breaks our lock anyway (we stalled): publishing now must fail, CURRENT stays.
+        foreign = {"token": "other", "owner": "other", "host": "h", "pid": 2, "created": time.time(),
+                   "lease_s": 600, "expires": time.time() + 600}
+        storage.write_bytes(os.path.join(idx, "LOCK"), json.dumps(foreign).encode())
+        with pytest.raises(LockError, match="lost the lock"):
+            V.publish(idx, 1)
+        assert token != "other"
+    assert L.read_lock(idx)["token"] == "other"  # release removed nothing that was not ours
+    assert V.current_version(idx) == 1

@@ -149,7 +149,7 @@ class IndexBuildConfig(Strict):
     train_size: int = Field(100_000, ge=1, description="rows sampled to train the IVF quantizer once")
     recall_queries: int = Field(200, ge=1, description="rows used as queries to measure recall@10")
     seed: int = 0
-    force_lock: bool = Field(False, description="break a stale LOCK (older than an hour) left by a crash")
+    force_lock: bool = Field(False, description="break a LOCK whose lease expired (its writer crashed)")
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 

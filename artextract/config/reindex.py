@@ -72,9 +72,10 @@ class ReindexConfig(Strict):
                                  "segment + tombstones until they exceed this fraction of its base, "
                                  "then rewrites (compacts) that shard; 0 always compacts")
     compact: bool = Field(False, description="compact every shard that has a delta or tombstones")
-    force_lock: bool = Field(False, description="break a LOCK older than stale_lock_s left by a crash")
-    stale_lock_s: float = Field(6 * 3600.0, gt=0, description="a reindex holds the lock for its whole "
-                                "run (preprocess and embed included), hence longer than an index build")
+    force_lock: bool = Field(False, description="break a LOCK whose lease expired (its writer crashed and "
+                             "stopped renewing it)")
+    lock_lease_s: float = Field(600.0, gt=0, description="lease of our LOCK, renewed by a heartbeat every quarter "
+                                "of it while the run works; another writer may break it only once it runs out")
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 

@@ -157,7 +157,7 @@ def run(cfg: ReindexConfig) -> dict[str, Any]:
         raise ConfigError("reindex needs collection= and index= (or --collection/--index)")
     work = work_root(cfg)
     job = JobRun("reindex", cfg, work)
-    with index_lock(cfg.index, cfg.storage, owner="reindex", force=cfg.force_lock, stale_after_s=cfg.stale_lock_s):
+    with index_lock(cfg.index, cfg.storage, owner="reindex", force=cfg.force_lock, lease_s=cfg.lock_lease_s):
         incomplete = V.remove_incomplete(cfg.index, cfg.storage)
         if incomplete:
             log.warning("reindex: removed the unpublished version(s) %s left by a crashed writer", incomplete)

@@ -24,7 +24,7 @@ from artextract.config import StorageConfig
 from artextract.index import versions as V
 from artextract.index import segments as S
 from artextract.index.build import ids_table, write_shard
-from artextract.index.lock import index_lock
+from artextract.index.lock import DEFAULT_LEASE_S, index_lock
 
 BASE_FIELDS = ("shard", "index", "ids", "sha256", "ids_sha256", "bytes", "home")
 
@@ -84,19 +84,20 @@ def _update_shard(out_uri: str, cur: int, version: int, entry: dict[str, Any], d
 
 def update_index(out_uri: str, add_embeddings: pa.Table | None = None,
                  remove_keys: Iterable[tuple[str, int]] = (), storage_cfg: StorageConfig | None = None,
-                 keep: int = 3, force: bool = False, stale_after_s: float = 3600.0, locked: bool = False,
+                 keep: int = 3, force: bool = False, lease_s: float = DEFAULT_LEASE_S, locked: bool = False,
                  extra: dict[str, Any] | None = None, before_publish: Callable[[int], None] | None = None,
                  compact_ratio: float = 0.1, compact: bool = False) -> dict[str, Any]:
     """Publish a new version = CURRENT + ``add_embeddings`` - ``remove_keys``, writing only delta
     segments of the touched shards (module doc; ``compact=True`` compacts every shard that has a
     delta or tombstones); holds ``out_uri/LOCK`` throughout (LockError if another writer holds it;
-    ``force=True`` breaks a lock older than ``stale_after_s``) unless ``locked`` says the caller
+    ``force=True`` breaks a lock whose lease expired; ours is a ``lease_s`` lease renewed by a heartbeat)
+    unless ``locked`` says the caller
     holds it. ``extra`` keys go into index.json; ``before_publish(version)`` may write more files
     into the new version directory before it becomes visible. Returns the new index.json."""
     if compact_ratio < 0:
         raise ValueError("compact_ratio must be >= 0")
     guard = nullcontext() if locked else index_lock(out_uri, storage_cfg, owner="update_index", force=force,
-                                                    stale_after_s=stale_after_s)
+                                                    lease_s=lease_s)
     with guard:
         cur = V.current_version(out_uri, storage_cfg)
         if cur is None:

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from artextract import storage
 from artextract.config import StorageConfig
+from artextract.index.lock import check_held
 from artextract.manifest import shard_name
 
 Key = tuple[str, int]
@@ -137,6 +138,7 @@ def publish(out_uri: str, version: int, cfg: StorageConfig | None = None) -> Non
     """Atomically point CURRENT at ``version`` (its index.json must already exist)."""
     if not storage.exists(storage.join(version_dir(out_uri, version), "index.json"), cfg):
         raise FileNotFoundError(f"cannot publish version {version}: its index.json is missing")
+    check_held(out_uri, cfg)  # a writer whose lock was broken while it worked must not publish
     storage.write_json(storage.join(out_uri, "CURRENT"), {"version": version}, cfg)
 
 
