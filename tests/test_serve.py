@@ -22,6 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteD
 MODEL = "untrained:resnet18"
 SECRET = "s3://secret-bucket/paintings"
 NAMES = ("astronaut", "double_portrait", "rgba_oval", "landscape_1")
+LOCAL = "http://127.0.0.1"  # the server answers only its loopback Host names (DNS rebinding)
 
 
 def _rotated(deg: float) -> bytes:
@@ -101,7 +102,7 @@ def client(small):
 
     app = create_app(serve_config(small))
     app.state.engine.warm_up()
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -222,7 +223,7 @@ def test_images_are_proxied_and_reports_served(client, small):
     assert client.get("/api/face/double_portrait/9").status_code == 404
     assert "classifier" in client.get("/reports/").text
     assert "Classifier report" in client.get("/reports/classifier/").text
-    assert client.get("/reports/classifier/../../idx/CURRENT").status_code == 404
+    assert client.get("/reports/classifier/../../idx/CURRENT").status_code == 404  # (the client normalises this)
     for url in ("/api/info", "/api/paintings", "/api/paintings/astronaut", "/openapi.json"):
         _no_leak(client.get(url))
 
@@ -237,7 +238,7 @@ def test_reload_when_current_moves(small, tmp_path):
     idx = tmp_path / "idx"
     shutil.copytree(small["idx"], idx)
     app = create_app(serve_config(small, index=str(idx)))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         v1 = c.get("/api/info").json()["version"]
         run_build(IndexBuildConfig(embeddings=small["emb"], out=str(idx), shards=3))
         assert c.get("/api/info").json()["version"] == v1 + 1
@@ -273,7 +274,7 @@ def test_served_from_s3_without_leaking_the_bucket(small, s3_bucket, s3_endpoint
     base = f"s3://{s3_bucket}/art"
     cfg = serve_config(small, index=f"{base}/idx", faces=f"{base}/pre", manifest=f"{base}/manifest",
                        reports=None, storage=s3_storage)
-    with TestClient(create_app(cfg)) as c:
+    with TestClient(create_app(cfg), base_url=LOCAL) as c:
         img = c.get("/api/image/double_portrait")
         assert img.status_code == 200 and img.content[:2] == b"\xff\xd8"
         texts = [c.get(u).text for u in ("/api/info", "/api/paintings", "/api/paintings/double_portrait",
@@ -304,8 +305,45 @@ def test_faces_and_metadata_discovered_from_a_reindex_snapshot(small, tmp_path):
     cfg = serve_config(small, index=str(idx), manifest=None, faces=None, reports=None)
     app = create_app(cfg)
     assert app.state.engine.current().catalog.sources == {"faces": "reindex deltas", "manifest": "reindex snapshot"}
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         p = c.get("/api/paintings/double_portrait").json()
         assert p["title"] == "double_portrait.jpg" and len(p["faces"]) == 2
         assert c.get("/api/face/double_portrait/0").status_code == 200
         assert c.get("/api/paintings", params={"q": "rot25"}).json()["total"] == 1
+
+
+def test_reports_refuse_traversal_sent_raw_symlinks_and_foreign_hosts(small, tmp_path):
+    """The report route's guards exercised as an attacker sends them: raw and percent-encoded '..'
+    (http.client does not normalise paths), a symlink inside the reports directory pointing outside,
+    and a Host header that is not the loopback name (a DNS-rebinding page)."""
+    import http.client
+
+    from artextract.serve.app import ThreadedServer, create_app
+
+    reports = tmp_path / "reports"
+    shutil.copytree(small["reports"], reports)
+    outside = tmp_path / "outside.html"
+    outside.write_text("<html>private notes</html>")
+    (reports / "leak.html").symlink_to(outside)
+    app = create_app(serve_config(small, reports=str(reports)))
+    with ThreadedServer(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+
+        def raw(path: str, host_header: str | None = None) -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.putrequest("GET", path, skip_host=host_header is not None)
+            if host_header is not None:
+                conn.putheader("Host", host_header)
+            conn.endheaders()
+            resp = conn.getresponse()
+            out = resp.status, resp.read()
+            conn.close()
+            return out
+
+        assert raw("/reports/reports/")[0] == 200
+        for path in ("/reports/reports/../../idx/CURRENT", "/reports/reports/%2e%2e/%2e%2e/idx/CURRENT",
+                     "/reports/reports/..%2f..%2fidx/CURRENT", "/reports/reports/leak.html"):
+            status, body = raw(path)
+            assert status == 404 and b"private notes" not in body and b"version" not in body, path
+        assert raw("/api/info", host_header="evil.example:8000")[0] == 400
+        assert raw("/api/info", host_header=f"localhost:{port}")[0] == 200

@@ -39,6 +39,9 @@ class ServeConfig(Strict):
     decode: DecodeConfig = Field(DecodeConfig(max_pixels=50_000_000), description="upload decoding limits")
     detect: FacesConfig = Field(FacesConfig(device="cpu"), description="face detection on uploads (detect.device "
                                 "also places the upload embedding model; auto = a GPU when present)")
+    allowed_hosts: list[str] | None = Field(None, description="Host headers the server answers (others get 400, "
+                                            "so a DNS-rebinding page cannot script it); None = the loopback names "
+                                            "when bound to loopback, any when bound elsewhere")
     log_level: str = Field("info", description="uvicorn log level")
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()

@@ -13,6 +13,7 @@ Images are proxied: ``/api/image/...`` and ``/api/face/...`` stream bytes read t
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from importlib import resources
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from artextract import storage
 from artextract.config import ServeConfig
@@ -64,6 +66,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="artextract visual search", version="1",
                   description="Search a published artextract index by painting, face or uploaded image.")
     app.state.engine, app.state.cfg = engine, cfg
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(cfg))
 
     def _redact(text: str) -> str:
         for s in secrets:
@@ -185,13 +188,35 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None) -> FastAPI:
         ext = "." + path.rsplit(".", 1)[-1].lower() if "." in path else ""
         if ext not in REPORT_TYPES:
             raise HTTPException(404, "not a report file type")
+        target = storage.join(reports[name], path)
+        if not _inside_local_dir(reports[name], target, cfg):
+            raise HTTPException(404, "no such report file")
         try:
-            data = storage.read_bytes(storage.join(reports[name], path), cfg.storage)
+            data = storage.read_bytes(target, cfg.storage)
         except FileNotFoundError:
             raise HTTPException(404, "no such report file") from None
         return Response(data, media_type=REPORT_TYPES[ext])
 
     return app
+
+
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+def allowed_hosts(cfg: ServeConfig) -> list[str]:
+    """Host headers to answer: a loopback server answers only its loopback names (DNS rebinding)."""
+    if cfg.allowed_hosts is not None:
+        return cfg.allowed_hosts
+    return LOOPBACK_NAMES if cfg.host in ("127.0.0.1", "localhost", "::1") else ["*"]
+
+
+def _inside_local_dir(base: str, target: str, cfg: ServeConfig) -> bool:
+    # A symlink inside a report directory must not serve a file from elsewhere on the disk.
+    loc = storage.filesystem_for(base, cfg.storage)
+    if loc.is_s3:
+        return True
+    root = os.path.realpath(loc.path)
+    return os.path.commonpath([root, os.path.realpath(storage.filesystem_for(target, cfg.storage).path)]) == root
 
 
 def _listing(name: str, files: list[str]) -> str:
