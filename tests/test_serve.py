@@ -5,6 +5,7 @@ storage URI leaking, CURRENT reloads, reports, CLI defaults."""
 from __future__ import annotations
 
 import io
+import time
 import json
 import shutil
 from pathlib import Path
@@ -243,6 +244,31 @@ def test_reload_when_current_moves(small, tmp_path):
         run_build(IndexBuildConfig(embeddings=small["emb"], out=str(idx), shards=3))
         assert c.get("/api/info").json()["version"] == v1 + 1
         assert c.get("/api/search", params={"image_id": "astronaut", "face_idx": 0}).status_code == 200
+
+
+def test_reload_keeps_the_old_version_open_for_requests_in_flight(small, tmp_path, monkeypatch):
+    """A request that fetched the served version just before a reload still searches it; the old
+    reader (with Ray: its shard actors) is closed only after reload_grace_s."""
+    from artextract.config import IndexBuildConfig
+    from artextract.index.jobs import run_build
+    from artextract.index.search import IndexReader
+    from artextract.serve.engine import Engine
+
+    closed = []
+    monkeypatch.setattr(IndexReader, "close", lambda self: closed.append(self.version))
+    idx = tmp_path / "idx"
+    shutil.copytree(small["idx"], idx)
+    engine = Engine(serve_config(small, index=str(idx), reload_grace_s=0.6))
+    in_flight = engine.current()  # a request started on v1
+    run_build(IndexBuildConfig(embeddings=small["emb"], out=str(idx), shards=3))
+    assert engine.current().reader.version == in_flight.reader.version + 1
+    assert closed == []  # the in-flight request's reader is still open
+    query = np.ones((1, int(in_flight.reader.manifest["dim"])), np.float32)
+    assert len(in_flight.reader.search(query, 2)[1][0]) == 2  # and answers
+    time.sleep(1.0)
+    assert closed == [in_flight.reader.version]
+    engine.close()
+    assert closed == [in_flight.reader.version, in_flight.reader.version + 1]
 
 
 def test_cli_defaults_bind_localhost(small, monkeypatch):

@@ -30,6 +30,8 @@ class ServeConfig(Strict):
     upload_cache: int = Field(64, ge=1, description="uploaded queries kept in memory for follow-up searches")
     reload_s: float = Field(5.0, ge=0, description="check CURRENT at most this often; a new version is loaded "
                             "without a restart")
+    reload_grace_s: float = Field(60.0, ge=0, description="after a reload the old version stays open this long, "
+                                  "so requests that started on it finish (its Ray shard actors are then closed)")
     nprobe: int | None = Field(None, ge=1, description="IVF nprobe; None = the one in index.json")
     verify: bool = Field(True, description="check shard sha256 while loading")
     parallel: Literal["local", "ray"] = Field("local", description="shards in this process, or one Ray actor each")

@@ -73,6 +73,7 @@ class Engine:
         self.uploads = LRU(cfg.upload_cache)
         self._detector = None
         self._embedder = None
+        self._retiring: list[threading.Timer] = []
         self.served = self._load(None)
 
     # ------------------------------------------------------------------ index lifecycle
@@ -123,11 +124,24 @@ class Engine:
                     log.error("cannot load version %s of %s (keep serving v%d): %s", latest,
                               self.cfg.index, old.reader.version, exc)
                 else:
-                    old.reader.close()
+                    self._retire(old)
             return self.served
 
+    def _retire(self, old: Served) -> None:
+        # Requests that fetched ``old`` before the swap may still be searching it (with Ray, its shard
+        # actors): close it only after a grace period longer than any request.
+        timer = threading.Timer(self.cfg.reload_grace_s, old.reader.close)
+        timer.daemon = True
+        self._retiring.append(timer)
+        timer.start()
+
     def close(self) -> None:
-        """Release the reader (Ray actors, when used)."""
+        """Release the reader (Ray actors, when used), and any old version still in its grace period."""
+        for timer in self._retiring:
+            if not timer.finished.is_set():  # still in its grace period: close it now
+                timer.cancel()
+                timer.function()
+        self._retiring.clear()
         self.served.reader.close()
 
     # ------------------------------------------------------------------ models (uploads)
