@@ -373,3 +373,43 @@ def test_reports_refuse_traversal_sent_raw_symlinks_and_foreign_hosts(small, tmp
             assert status == 404 and b"private notes" not in body and b"version" not in body, path
         assert raw("/api/info", host_header="evil.example:8000")[0] == 400
         assert raw("/api/info", host_header=f"localhost:{port}")[0] == 200
+
+
+def test_concurrent_upload_decodes_are_bounded(small, monkeypatch):
+    """At most upload_decodes uploads decode at once (each can take hundreds of MB); one that cannot
+    get a slot within upload_wait_s gets 503 instead of adding to the memory peak."""
+    import threading
+
+    from artextract.serve import engine as E
+    from artextract.stages import decode as D
+
+    engine = E.Engine(serve_config(small, upload_decodes=2, upload_wait_s=0.3))
+    gate, inside, peak = threading.Event(), [0], [0]
+    real = D.decode
+
+    def slow_decode(data, cfg):
+        inside[0] += 1
+        peak[0] = max(peak[0], inside[0])
+        gate.wait(5)
+        inside[0] -= 1
+        return real(data, cfg)
+
+    monkeypatch.setattr(D, "decode", slow_decode)
+    jpeg = samples.CASES["astronaut"][1]()
+    results: list = []
+
+    def go():
+        try:
+            results.append(engine.upload(jpeg).id)
+        except E.QueryError as exc:
+            results.append(exc.status)
+
+    threads = [threading.Thread(target=go) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # the third waited 0.3 s for a slot and gave up
+    gate.set()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2 and sorted(map(str, results))[0] == "503" and len(results) == 3
+    engine.close()

@@ -27,6 +27,9 @@ class ServeConfig(Strict):
     k: int = Field(12, ge=1, le=1000, description="results per page by default")
     max_k: int = Field(200, ge=1, le=10_000, description="deepest result (offset + limit) a query may page to")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger than this get 413")
+    upload_decodes: int = Field(2, ge=1, description="uploads decoded at once (each may take a few hundred MB "
+                                "at decode.max_pixels); more wait up to upload_wait_s, then get 503")
+    upload_wait_s: float = Field(30.0, ge=0, description="how long an upload waits for a decode slot")
     upload_cache: int = Field(64, ge=1, description="uploaded queries kept in memory for follow-up searches")
     reload_s: float = Field(5.0, ge=0, description="check CURRENT at most this often; a new version is loaded "
                             "without a restart")

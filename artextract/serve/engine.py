@@ -74,6 +74,8 @@ class Engine:
         self._detector = None
         self._embedder = None
         self._retiring: list[threading.Timer] = []
+        # Bounds the memory of concurrent upload decodes (each up to decode.max_pixels of RGB and more).
+        self._decode_slots = threading.BoundedSemaphore(cfg.upload_decodes)
         self.served = self._load(None)
 
     # ------------------------------------------------------------------ index lifecycle
@@ -176,12 +178,16 @@ class Engine:
         from artextract.stages.decode import REASONS, Quarantine, decode, encode_jpeg, resize_long_side
         from artextract.stages.faces import face_record
 
+        if not self._decode_slots.acquire(timeout=self.cfg.upload_wait_s):
+            raise QueryError(503, "the server is decoding other uploads: retry in a moment")
         try:
             d = decode(data, self.cfg.decode)
         except Quarantine as q:
             detail = " ".join(q.detail.split())[:160]
             raise QueryError(UPLOAD_STATUS.get(q.reason, 422), f"{q.reason}: {REASONS[q.reason]}"
                              + (f" ({detail})" if detail else "")) from None
+        finally:
+            self._decode_slots.release()
         served = self.current()
         whole = encode_jpeg(resize_long_side(d.det_image, self.cfg.decode.whole_size), self.cfg.decode.jpeg_quality)
         with self._model_lock:
