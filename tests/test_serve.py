@@ -413,3 +413,31 @@ def test_concurrent_upload_decodes_are_bounded(small, monkeypatch):
         t.join()
     assert peak[0] == 2 and sorted(map(str, results))[0] == "503" and len(results) == 3
     engine.close()
+
+
+def test_redaction_covers_every_bucket_the_endpoint_and_conflicts(small, monkeypatch):
+    """Not only the configured prefixes: any s3:// URI, bucket/key text of every bucket read (model and
+    reports included), the endpoint's URL and host; a 409 says nothing of paths."""
+    from fastapi.testclient import TestClient
+
+    from artextract.config import StorageConfig
+    from artextract.serve import engine as E
+    from artextract.serve.app import create_app
+
+    cfg = serve_config(small, model="s3://models-bkt/sim/current/model.pt", reports="s3://reports-bkt/r",
+                       storage=StorageConfig(s3_endpoint="http://minio.internal:9000"))
+    red = E.redactor(cfg)
+    for leak in ("s3://other-bkt/x.parquet", "models-bkt/sim/current/model.pt", "reports-bkt/r/report.html",
+                 "http://minio.internal:9000/idx/CURRENT", "minio.internal:9000"):
+        out = red(f"failed to read {leak}: AWS Error NO_SUCH_KEY")
+        assert "bkt" not in out and "minio" not in out and "<storage>" in out, leak
+    assert red("image_id 'x' is not in the index") == "image_id 'x' is not in the index"
+
+    def conflict(*a, **k):
+        raise ValueError("s3://models-bkt/sim/current/model.pt: model_version changed")
+
+    app = create_app(serve_config(small))
+    monkeypatch.setattr(E.Engine, "stored_query", conflict)
+    with TestClient(app, base_url=LOCAL) as c:
+        r = c.get("/api/search", params={"image_id": "astronaut", "face_idx": 0})
+    assert r.status_code == 409 and "bkt" not in r.text and "retry" in r.json()["detail"]

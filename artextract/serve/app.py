@@ -27,7 +27,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from artextract import storage
 from artextract.config import ServeConfig
 from artextract.serve.catalog import discover_reports
-from artextract.serve.engine import Engine, QueryError, Served, face_url, image_url, storage_prefixes
+from artextract.serve.engine import Engine, QueryError, Served, face_url, image_url, redactor
 from artextract.index import versions as V
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,11 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or Engine(cfg)
     reports = {(cfg.reports.rstrip("/").rsplit("/", 1)[-1] or "reports"): cfg.reports} if cfg.reports \
         else discover_reports(cfg.index, cfg.storage)
-    secrets = storage_prefixes(cfg)
+    _redact = redactor(cfg)
     app = FastAPI(title="artextract visual search", version="1",
                   description="Search a published artextract index by painting, face or uploaded image.")
     app.state.engine, app.state.cfg = engine, cfg
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(cfg))
-
-    def _redact(text: str) -> str:
-        for s in secrets:
-            text = text.replace(s, "<storage>")
-        return text
 
     @app.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
@@ -79,7 +74,10 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.exception_handler(ValueError)
     async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": _redact(str(exc))}, status_code=409)
+        # e.g. the index's model file replaced under a running server: the why is for the log only.
+        log.warning("409 on %s: %s", request.url.path, storage.redact(str(exc)))
+        return JSONResponse({"detail": "the served index or its model changed while answering: retry, or "
+                                       "restart the server after a re-index with another model"}, status_code=409)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -158,7 +160,9 @@ class Engine:
             try:
                 spec = resolve_embed_spec(reader, scfg)
             except ValueError as exc:  # ConfigError: the index records no model
-                raise QueryError(503, f"uploads are disabled: {exc}") from None
+                log.warning("uploads are disabled: %s", storage.redact(str(exc)))
+                raise QueryError(503, "uploads are disabled: the index records no embedding model (start the "
+                                      "server with --model; details in the server log)") from None
             version = model_version_of(spec.model, spec.dim, spec.seed, self.cfg.storage)
             check_model_version(version, reader.manifest, spec)
             self._embedder = EmbedStage(spec.model, image_size=spec.image_size, dim=spec.dim, seed=spec.seed,
@@ -289,9 +293,14 @@ def face_url(image_id: str, face_idx: int) -> str:
     return f"/api/face/{quote(image_id, safe='')}/{int(face_idx)}"
 
 
-def storage_prefixes(cfg: ServeConfig) -> list[str]:
-    """Strings that must never appear in an API response (bucket URIs and the S3 endpoint)."""
-    out = [u for u in (cfg.index, cfg.faces, cfg.manifest) if u and storage.is_remote(u)]
+def redactor(cfg: ServeConfig) -> Callable[[str], str]:
+    """What an API response must never show: any s3:// URI, ``bucket/key`` text of every bucket the
+    server reads (pyarrow names objects that way), and the S3 endpoint's URL or host."""
+    buckets = {urlsplit(u).netloc for u in (cfg.index, cfg.faces, cfg.manifest, cfg.model, cfg.reports)
+               if u and u.startswith("s3://")}
+    patterns = [r"s3://[^\s'\"<>]*", *(re.escape(b) + r"/[^\s'\"<>]*" for b in sorted(buckets))]
     if cfg.storage.s3_endpoint:
-        out.append(cfg.storage.s3_endpoint)
-    return out
+        host = urlsplit(cfg.storage.s3_endpoint).netloc
+        patterns += [r"https?://" + re.escape(host) + r"[^\s'\"<>]*", re.escape(host)]
+    rx = re.compile("|".join(f"(?:{p})" for p in patterns))
+    return lambda text: rx.sub("<storage>", text)
