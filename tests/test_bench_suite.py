@@ -119,3 +119,28 @@ def test_index_row_has_a_ratio_even_when_no_ivf_reaches_the_recall():
     assert R.index({"res": res, "meta": meta}, "d")[0]["met?"] == "**no**"  # 15x < 20x
     ivf[0].update(recall=0.99)
     assert R.index({"res": res, "meta": meta}, "d")[0]["met?"] == "yes"  # 50x at recall 0.99
+
+
+def test_classifier_and_similarity_rows_pair_each_model_with_its_baseline():
+    def task(x):
+        return {"style": {"balanced_accuracy": x}}
+
+    res = {"results": {"pretrained": task(0.76), "probe": task(0.68), "scratch": task(0.37), "baseline": task(0.31)},
+           "started": "2026-12-02 05:00 UTC"}
+    rows = R.classifier(res, "d")
+    assert [(r["measured"], r["baseline"], r["met?"]) for r in rows] == [("0.760", "0.680", "yes"),
+                                                                       ("0.370", "0.310", "**no**")]
+    assert "linear probe" in rows[0]["comparison"] and rows[0]["run date"] == "2026-12-02 05:00 UTC"
+    # Only the rows a run measured (--rows): a lone from-scratch run still pairs with its baseline.
+    assert len(R.classifier({"results": {"scratch": task(0.4), "baseline": task(0.3)}}, "d")) == 1
+    # Similarity: the last naive row (ImageNet features) is the baseline; goals 0.95 plain, 0.99 verified.
+    nga = {"rows": {"naive: untrained resnet18 + cosine": {"recall@1": 0.3},
+                    "naive: ImageNet MobileNetV2 features + cosine": {"recall@1": 0.8},
+                    "supcon fine-tuned from ImageNet MobileNetV2": {"recall@1": 0.96},
+                    "supcon fine-tuned from ImageNet MobileNetV2 + geometric verification of its top 10":
+                        {"recall@1": 0.98}}}
+    wa = {"rows": {"naive: ImageNet MobileNetV2 features + cosine": {"map@r": 0.5},
+                   "supcon fine-tuned from ImageNet MobileNetV2": {"map@r": 0.6}}}
+    sim = R.similarity({"nga": nga, "wikiart": wa}, "d")
+    assert [(r["baseline"], r["goal"], r["met?"]) for r in sim] == [
+        ("0.800", "recall@1 ≥ 0.95", "yes"), ("0.800", "recall@1 ≥ 0.99", "**no**"), ("0.500", "none set", "–")]
