@@ -114,7 +114,8 @@ def _train_and_evaluate(config: str, work: Path, name: str, overrides: list[str]
     done = run / "summary.json"
     cfg = load_config(ClassifierTrainConfig, str(REPO / "configs" / config),
                       [f"out={run}", "train.resume=false", *overrides])
-    if reuse and done.is_file() and (report / "metrics.json").is_file():
+    reused = reuse and done.is_file() and (report / "metrics.json").is_file()
+    if reused:
         summary, train_s = json.loads(done.read_text()), None
     else:
         t0 = time.time()
@@ -122,7 +123,8 @@ def _train_and_evaluate(config: str, work: Path, name: str, overrides: list[str]
         train_s = time.time() - t0
         classifier_eval.run(EvaluateClassifierConfig(run=str(run), out=str(report), split="test"))
     metrics = storage.read_json(str(report / "metrics.json"))["tasks"]
-    return {"run": str(run), "config": config, "cfg": cfg, "summary": summary, "train_s": train_s or summary.get("seconds"),
+    return {"run": str(run), "config": config, "cfg": cfg, "summary": summary, "reused": reused,
+            "train_s": train_s or summary.get("timings_s", {}).get("train"),
             "report": str(report / "report.html"),
             "metrics": {t: {k: metrics[t].get(k) for k in HEADLINE} for t in TASKS if t in metrics}}
 
@@ -153,6 +155,8 @@ def _describe(r: dict[str, Any], budget: float) -> str:
                  f"{o.freeze_backbone_epochs} frozen warm-up epoch(s), mixup {cfg.data.mixup} / cutmix "
                  f"{cfg.data.cutmix} on {cfg.data.mix_prob:.0%} of batches, EMA {cfg.train.ema_decay}")
     minutes = f"{r['train_s'] / 60:.1f} min" if r["train_s"] else "time not recorded"
+    if r.get("reused"):
+        minutes += f", trained by an earlier run of this benchmark at {s.get('started_at', '?')} (--reuse)"
     return (f"{cfg.model.backbone} ({'ImageNet weights' if cfg.model.weights != 'none' else 'random init'}), "
             f"{cfg.data.image_size} px, batch {cfg.train.batch_size}, lr {o.lr}{extra}; {c['steps']} steps "
             f"({c['epochs_completed']} of {cfg.train.epochs} epochs) in {minutes} (budget {budget / 60:.0f} min); "
