@@ -38,7 +38,7 @@ test-fast: install
 # embed Ray Data vs DataLoader, index 1M exact/IVF/sharded and reindex vs rebuild, Ray Train 1 vs 2
 # workers, serve, reliability, GPU stages); rewrites docs/benchmarks.md with a Summary of every ratio,
 # baselines measured in the same run. The model-quality benchmarks (classifier, similarity: 30+ min of
-# training each) have their own targets below; `make bench-all` runs them too (~1.5 h).
+# training each) have their own targets below; `make bench-all` runs them too (~3 h on 2 cores).
 bench: install
 	$(BIN)/python -m artextract.bench.suite --out docs/benchmarks.md --skip classifier,similarity
 
