@@ -218,7 +218,7 @@ def _trained_line(trained: dict, key: str, text: str) -> str:
     t = trained.get(key)
     if not t:
         return ""
-    extra = f" plus {t['extra_rows']} WikiArt portrait faces as extra instances" if t.get("extra_rows") else ""
+    extra = f" ({t['extra_rows']} of them WikiArt portrait faces, extra instances)" if t.get("extra_rows") else ""
     return (f" {text}: trained on {t['train_rows']} faces/images{extra} ({t['steps']} steps, "
             f"{t['seconds'] / 60:.1f} min).")
 
@@ -244,7 +244,7 @@ def _section(argv: list[str], started: str, res_nga: dict, res_wa: dict, models:
                                          "resnet18 from scratch, 64 px)")
            + _trained_line(tn, "pretrained", "Pretrained model (configs/nga_similarity_pretrained.yaml: the ImageNet "
                                              "MobileNetV2, NT-Xent over 32 faces x 2 views, 128 px, frozen first "
-                                             "epoch, backbone at 0.1x LR, EMA)"), "",
+                                             "epoch, backbone at 0.3x LR, EMA)"), "",
            "| model | recall@1 | recall@5 | recall@10 | MRR | mean cosine copy-original | verification s |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in res_nga["rows"].items():
