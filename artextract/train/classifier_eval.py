@@ -157,4 +157,5 @@ def run(cfg: EvaluateClassifierConfig) -> dict[str, Any]:
                 for t, m in metrics["tasks"].items()}
     counts = {"images": len(keys), "rows_seen_in_training": seen,
               **{f"{t}_{k}": c[k] for t, c in coverage.items() for k in ("scored", "unknown_class_rows", "unlabelled")}}
-    return job.finish(counts, metrics=headline, unknown_classes={t: c["unknown_classes"] for t, c in coverage.items()}, report=storage.join(cfg.out, "report.html"))
+    return job.finish(counts, metrics=headline, unknown_classes={t: c["unknown_classes"] for t, c in coverage.items()},
+                      report=storage.join(cfg.out, "report.html"))
