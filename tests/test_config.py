@@ -79,6 +79,8 @@ SHIPPED = {
     "wikiart_ingest.yaml": "IngestWikiartConfig",
     "wikiart_preprocess.yaml": "PreprocessConfig",
     "wikiart_classifier.yaml": "ClassifierTrainConfig",
+    "wikiart_classifier_pretrained.yaml": "ClassifierTrainConfig",
+    "nga_similarity_pretrained.yaml": "SimilarityTrainConfig",
     "nga_similarity.yaml": "SimilarityTrainConfig",
     "nga_neardup.yaml": "SimilarityTrainConfig",
     "nga_reindex.yaml": "ReindexConfig",

@@ -128,21 +128,24 @@ def test_two_workers_match_one_and_model_embeds(ray_session, pre, tmp_path):
     assert vecs.shape == (3, 16) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
 
 
-def test_pretrained_recipe_through_the_cli_on_ray_train(ray_session, pre, tmp_path):
-    """configs/nga_similarity_pretrained.yaml via ``artextract train similarity`` (Ray Train launcher)
-    from a torchvision MobileNetV2 file: frozen first epoch, then fine-tuning, EMA weights exported in
-    model.pt, which the embed stage loads."""
+def test_pretrained_recipe_through_the_job_entry_point_on_ray_train(ray_session, pre, tmp_path):
+    """configs/nga_similarity_pretrained.yaml through jobs/train_similarity.py (the Ray job entry point:
+    ``artextract train similarity``'s CLI, Ray Train launcher) from a torchvision MobileNetV2 file:
+    frozen first epoch, then fine-tuning, EMA weights exported in model.pt, which the embed stage loads."""
+    import runpy
+
     import torchvision.models as tvm
 
-    from artextract.cli import main
     from artextract.stages.embed import EmbedStage
+
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "jobs" / "train_similarity.py"))["main"]
 
     weights = tmp_path / "mobilenet_v2.pth"  # stands in for torchvision's download: same keys and shapes
     torch.manual_seed(0)
     torch.save(tvm.mobilenet_v2(weights=None).state_dict(), weights)
     out = tmp_path / "run"
     recipe = str(Path(__file__).resolve().parents[1] / "configs" / "nga_similarity_pretrained.yaml")
-    assert main(["train", "similarity", "--config", recipe, "--input", pre, "--out", str(out),
+    assert main(["--config", recipe, "--input", pre, "--out", str(out),
                  f"model.weights={weights}", "data.image_size=32", "data.p=4", "data.m=2", "data.batches_per_epoch=3",
                  "data.val_fraction=0.25", "train.epochs=2", "train.eval_every=1", "train.cpus_per_worker=0.5",
                  "train.torch_threads=1"]) == 0
