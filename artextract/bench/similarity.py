@@ -80,6 +80,20 @@ def _held_out(run: Path) -> pa.Table:
     return t.filter(pa.array(split_by_image(t, cfg.data.val_fraction, cfg.data.seed)))
 
 
+def _held_and_candidates(runs: dict[str, tuple[Path, dict]], named: dict[str, tuple[str, int]],
+                         weights: str | None) -> tuple[pa.Table, list[tuple[str, str, int]]]:
+    """The held-out rows (the same for every trained run: same split function and seed) and the
+    (row name, model spec, input size) to score on them: the naive baselines, then each trained model."""
+    helds = [_held_out(path) for path, _ in runs.values()]
+    held = helds[0]
+    assert all(h["label"].to_pylist() == held["label"].to_pylist() for h in helds), "held-out rows differ"
+    candidates = [("naive: untrained resnet18 + cosine", NAIVE, 112)]
+    if weights:
+        candidates.append(("naive: ImageNet MobileNetV2 features + cosine", f"imagenet:mobilenet_v2={weights}",
+                           PRETRAINED_SIZE))
+    return held, candidates + [(named[k][0], r["model"], named[k][1]) for k, (_, r) in runs.items()]
+
+
 def nga(work: Path, budget: float, models: list[str], weights: str | None) -> dict:
     from artextract.eval.neardup import near_duplicate
     from artextract.ingest import folder
@@ -100,19 +114,12 @@ def nga(work: Path, budget: float, models: list[str], weights: str | None) -> di
         runs["pretrained"] = (work / "nga_pretrained_run", _train(
             work / "nga_pretrained_run", pre, budget, split + [with_portraits, f"model.weights={weights}"],
             "nga_similarity_pretrained.yaml"))
-    helds = [_held_out(path) for path, _ in runs.values()]
-    held = helds[0]
-    assert all(h["label"].to_pylist() == held["label"].to_pylist() for h in helds), "held-out faces differ"
-    originals = held["jpeg"].to_pylist()
-    candidates = [("naive: untrained resnet18 + cosine", NAIVE, 112)]
-    if weights:
-        candidates.append(("naive: ImageNet MobileNetV2 features + cosine", f"imagenet:mobilenet_v2={weights}",
-                           PRETRAINED_SIZE))
     named = {"triplet": ("triplet fine-tuned on the NGA faces (112 px)", 112),
              "supcon": ("supcon fine-tuned on the NGA + WikiArt portrait faces (64 px)", 64),
              "pretrained": (f"supcon fine-tuned from ImageNet MobileNetV2 on the NGA + WikiArt portrait faces "
                             f"({PRETRAINED_SIZE} px)", PRETRAINED_SIZE)}
-    candidates += [(named[k][0], r["model"], named[k][1]) for k, (_, r) in runs.items()]
+    held, candidates = _held_and_candidates(runs, named, weights)
+    originals = held["jpeg"].to_pylist()
     rows = {}
     for name, spec, size in candidates:
         # Copies at the crops' own 160 px whatever the model's input: every model (and the verifier)
@@ -192,17 +199,10 @@ def wikiart(work: Path, budget: float, models: list[str], weights: str | None) -
         runs["pretrained"] = (work / "wikiart_pretrained_run", _train(
             work / "wikiart_pretrained_run", pre, budget, by_artist + [f"model.weights={weights}"],
             "nga_similarity_pretrained.yaml"))
-    helds = [_held_out(path) for path, _ in runs.values()]
-    held = helds[0]
-    assert all(h["label"].to_pylist() == held["label"].to_pylist() for h in helds), "held-out rows differ"
-    candidates = [("naive: untrained resnet18 + cosine", NAIVE, 112)]
-    if weights:
-        candidates.append(("naive: ImageNet MobileNetV2 features + cosine", f"imagenet:mobilenet_v2={weights}",
-                           PRETRAINED_SIZE))
     named = {"triplet": ("triplet fine-tuned (same-artist positives, resnet18 112 px)", 112),
              "pretrained": (f"supcon fine-tuned from ImageNet MobileNetV2 (same-artist positives, {PRETRAINED_SIZE} "
                             "px)", PRETRAINED_SIZE)}
-    candidates += [(named[k][0], r["model"], named[k][1]) for k, (_, r) in runs.items()]
+    held, candidates = _held_and_candidates(runs, named, weights)
     rows = {}
     for name, spec, size in candidates:
         X = EmbedStage(spec, image_size=size, device="cpu").embed(held["jpeg"].to_pylist())

@@ -9,6 +9,7 @@ from torch import nn
 
 from artextract.models.backbones import build_backbone
 from artextract.models.registry import Registry
+from artextract.models.vit import ViTFeatures
 
 if TYPE_CHECKING:
     from artextract.config import StorageConfig
@@ -40,11 +41,11 @@ class EmbeddingNet(nn.Module):
     def __init__(self, backbone: str = "resnet50", dim: int | None = 256, weights: str = "none",
                  pool: str = "avg", hidden: int | None = None, storage: StorageConfig | None = None) -> None:
         super().__init__()
-        if pool == "gem" and backbone.startswith("vit"):
-            raise ValueError(f"pool=gem needs a non-negative (post-ReLU) feature map; {backbone} gives its "
-                             "CLS token: use pool=avg")
         # pooled: a ViT hands over its CLS token (B, C, 1, 1) rather than its patch-token grid.
         self.backbone, channels = build_backbone(backbone, weights, storage, pooled=True)
+        if pool == "gem" and isinstance(self.backbone, ViTFeatures):
+            raise ValueError(f"pool=gem needs a non-negative (post-ReLU) feature map; {backbone} gives its "
+                             "CLS token: use pool=avg")
         self.pool = POOLS[pool]()
         hidden = hidden or channels
         # Linear-BN-ReLU-Linear as in SimCLR-style heads; BN before ReLU keeps the head trainable

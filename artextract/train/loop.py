@@ -21,7 +21,7 @@ from torch import nn
 from artextract import storage
 from artextract.config import OptimConfig, StorageConfig, TrainRunConfig
 from artextract.train import checkpoint as ckpt
-from artextract.train.param_groups import param_groups, set_backbone_frozen
+from artextract.train.param_groups import param_groups, set_backbone_frozen, set_bn_eval
 from artextract.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,6 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _set_bn_eval(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
     dtype = next(module.parameters()).dtype
     return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
@@ -209,7 +203,7 @@ def fit(task: Task, ctx: WorkerContext, run: TrainRunConfig, optim: OptimConfig,
         epoch, t_epoch, seen, loss_sum, n_loss = prog.epoch, time.monotonic(), 0, 0.0, 0
         model.train()
         if run.freeze_bn:
-            _set_bn_eval(model)
+            set_bn_eval(model)
         if optim.freeze_backbone_epochs:
             set_backbone_frozen(inner, epoch < optim.freeze_backbone_epochs)
         last_log = time.monotonic()

@@ -51,6 +51,11 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
     for p in backbone.parameters():
         p.requires_grad_(not frozen)
     if frozen:
-        for m in backbone.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        set_bn_eval(backbone)
+
+
+def set_bn_eval(module: nn.Module) -> None:
+    """Every BatchNorm under ``module`` in eval mode (running statistics frozen)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
