@@ -411,7 +411,7 @@ def test_concurrent_upload_decodes_are_bounded(small, monkeypatch):
     gate.set()
     for t in threads:
         t.join()
-    assert peak[0] == 2 and sorted(map(str, results))[0] == "503" and len(results) == 3
+    assert peak[0] == 2 and results.count(503) == 1 and len(results) == 3  # two upload ids, one 503
     engine.close()
 
 
