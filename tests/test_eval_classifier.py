@@ -173,6 +173,12 @@ def test_plots_small_inputs(tmp_path):
     emb = rng.normal(size=(5, 8)).astype(np.float32)
     png_size(tsne_png(emb, np.array([0, 0, 1, -1, 1]), ["a", "b"], title="tiny", seed=0))
     png_size(tsne_png(emb[:3], np.array([0, 1, -1]), ["a", "b"], title="too few"))
+    # A collapsed model's identical embeddings: a placeholder, not the segfault sklearn's Barnes-Hut
+    # gives on them (PCA init divides by zero spread); non-finite rows are left out, not fatal.
+    png_size(tsne_png(np.ones((48, 8)), np.arange(48) % 2, ["a", "b"], title="collapsed"))
+    bad = np.random.default_rng(0).normal(size=(12, 4))
+    bad[3, 1] = np.nan
+    png_size(tsne_png(bad, np.arange(12) % 2, ["a", "b"], title="nan"))
     grid = image_grid_png([jpeg((255, 0, 0)), None, b"not a jpeg"], ["red\n0.9", "none", "bad ü"],
                           str(tmp_path / "g.png"), cols=2, thumb=64)
     w, h = png_size(grid)

@@ -129,15 +129,24 @@ def tsne_png(embeddings: np.ndarray, labels: np.ndarray, classes: list[str],
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
-    x = np.asarray(embeddings, dtype=np.float32)
+    x = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if x.ndim != 2 or len(x) != len(labels):
         raise ValueError(f"embeddings must be (N, D) with N={len(labels)}, got {x.shape}")
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        x, labels = x[finite], labels[finite]
+        title = f"{title} ({int((~finite).sum())} non-finite embeddings left out)".strip()
     idx = stratified_subsample(labels, max_points, seed)
     x, labels = x[idx], labels[idx]
     n = len(x)
     if n < 5:
         return _emit(_placeholder(f"too few points for t-SNE (n={n})", title), path_or_buffer)
+    if np.ptp(x, axis=0).max() <= 1e-9 * max(1.0, float(np.abs(x).max())):
+        # Identical points (a collapsed model): sklearn's PCA init divides by their zero spread and
+        # Barnes-Hut then crashes the process on the NaNs (a segfault, not an exception).
+        return _emit(_placeholder(f"all {n} embeddings are identical: nothing to map", title),
+                     path_or_buffer)
     if x.shape[1] < 2:  # PCA init needs at least 2 input dimensions
         x = np.hstack([x, np.zeros((n, 2 - x.shape[1]), dtype=np.float32)])
     # sklearn requires perplexity < n; (n-1)/3 is the usual cap for small samples.
