@@ -1,35 +1,19 @@
 """cluster/: every manifest parses, launcher YAMLs satisfy Ray's own schema, every job and config
 they name exists; and the jobs really run when submitted to a Ray head over HTTP (the dashboard's
-job API, as `ray job submit` does), with the repo uploaded as the job's working_dir.
-
-The head is our own `ray start --head --block` child process in its own process group and temp
-dir. It is stopped by signalling that process only (never `ray stop`, which would stop every Ray on
-the machine, including the session's `ray_session` and other people's). This module never calls
-`ray.init` in the pytest process.
+job API, as `ray job submit` does), with the repo uploaded as the job's working_dir (the head:
+tests/rayhead.py). This module never calls `ray.init` in the pytest process.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-CLUSTER = REPO / "cluster"
-RAY_BIN = Path(sys.executable).parent / "ray"
-JOB_TIMEOUT_S = 240
+from rayhead import CLUSTER, REPO, _head, _submit, _wait
 
 
 def _cluster_yamls() -> list[Path]:
@@ -85,20 +69,21 @@ def test_cluster_manifests_parse_validate_and_reference_real_files():
     for k, v in env.get("env_vars", {}).items():
         assert isinstance(v, str) and v, f"runtime_env env_vars.{k} must be a non-empty string"
 
-    # The nightly CronJob's inline RayJob (a heredoc in its shell script) is a valid RayJob too.
+    # The nightly CronJob runs cluster/kuberay/run_rayjob.py (tests/test_run_rayjob.py) on the RayJob
+    # manifest it names, in the artextract image; KubeRay 1.1 has no RayJob spec.backoffLimit.
     cron = [d for d in yaml.safe_load_all((CLUSTER / "kuberay" / "cronjob-reindex.yaml").read_text())
             if d and d.get("kind") == "CronJob"][0]
     assert cron["spec"]["schedule"] == "0 2 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
-    script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    inline = script.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
-    rayjob = yaml.safe_load(inline.replace("$NAME", "artextract-reindex-20260101"))
-    assert rayjob["kind"] == "RayJob" and rayjob["metadata"]["name"] == "artextract-reindex-20260101"
-    assert rayjob["spec"]["entrypoint"].split()[:2] == ["python", "jobs/reindex.py"]
-    assert yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["working_dir"]
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[1] == "/home/ray/artextract/cluster/kuberay/run_rayjob.py" and "kubectl" not in container["image"]
+    manifest = command[command.index("--manifest") + 1].replace("/home/ray/artextract/", "")
+    assert (REPO / manifest).is_file() and (REPO / command[1].replace("/home/ray/artextract/", "")).is_file()
     for path in files:
         for d in yaml.safe_load_all(path.read_text()):
             if isinstance(d, dict) and d.get("kind") == "RayJob":
                 assert d["spec"]["entrypoint"].startswith("python jobs/"), path
+                assert "backoffLimit" not in d["spec"], f"{path}: KubeRay 1.1 rejects spec.backoffLimit"
                 assert isinstance(yaml.safe_load(d["spec"]["runtimeEnvYAML"]), dict), path
 
     # Every job script and config named anywhere under cluster/ exists in the repo.
@@ -110,146 +95,55 @@ def test_cluster_manifests_parse_validate_and_reference_real_files():
     assert not missing, f"cluster/ references files that do not exist: {missing}"
 
 
+# Which jobs/ entry point runs each shipped config.
+ENTRY_POINTS = {"embed": "embed_collection.py", "folder_ingest": "ingest.py folder", "nga_ingest": "ingest.py nga",
+                "wikiart_ingest": "ingest.py wikiart", "index_build": "build_index.py", "preprocess": "preprocess.py",
+                "classifier": "train_classifier.py", "similarity": "train_similarity.py", "neardup": "train_similarity.py",
+                "reindex": "reindex.py"}
+
+
+def _run_entry_point(script_and_args: list[str], capsys) -> tuple[int, str]:
+    """``python jobs/<script> <args> --check`` in this process (argument parsing + config validation)."""
+    import runpy
+
+    script, *args = script_and_args
+    module = runpy.run_path(str(REPO / script))
+    rc = module["main"]([*args, "--check"])
+    return rc, capsys.readouterr().err
+
+
+def test_every_entry_point_checks_its_shipped_configs_and_every_rayjob_is_complete(monkeypatch, capsys):
+    """Every jobs/*.py with every shipped config validates, or names exactly the settings it still
+    needs; every RayJob entrypoint (what a cluster runs as shipped) validates with nothing missing."""
+    monkeypatch.chdir(REPO)  # RayJobs run in the repository root (working_dir), with relative paths
+    scripts = {p.name for p in (REPO / "jobs").glob("*.py")}
+    covered = set()
+    for cfg in sorted((REPO / "configs").glob("*.yaml")):
+        if cfg.name == "demo.yaml":
+            continue  # `artextract demo`, no job script
+        key = next(k for k in sorted(ENTRY_POINTS, key=len, reverse=True) if k in cfg.stem)
+        script, *sub = ENTRY_POINTS[key].split()
+        covered.add(script)
+        rc, err = _run_entry_point([f"jobs/{script}", *sub, "--config", f"configs/{cfg.name}"], capsys)
+        assert rc == 0 or (rc == 2 and "missing setting" in err), f"{script} --config {cfg.name}: {err}"
+        if rc == 2:
+            assert err.count("\n") == 1 and "=" in err, err  # one line naming what to set
+    assert covered == scripts, f"job scripts without a shipped config: {scripts - covered}"
+    for path in sorted((CLUSTER / "kuberay").glob("rayjob-*.yaml")):
+        job = yaml.safe_load(path.read_text())
+        argv = job["spec"]["entrypoint"].split()
+        assert argv[0] == "python", path
+        rc, err = _run_entry_point(argv[1:], capsys)
+        assert rc == 0, f"{path.name}: {' '.join(argv)} does not validate as shipped: {err}"
+
+
 # ----------------------------------------------------------------------------- real head
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct ports free right now (all bound at once, then released)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _own_processes(tag: str) -> list[str]:
-    """Processes whose command line names our head's temp dir (gcs, raylet, workers, dashboard)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
-
-
-def _stop_head(proc: subprocess.Popen, tag: str) -> list[str]:
-    """SIGTERM `ray start --block` alone (it stops its own children); force only what is ours.
-
-    Ours means: the process group of `proc` while `proc` is not yet reaped (so its id cannot have
-    been reused), and processes whose command line names our unique temp dir.
-    """
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # still unreaped: the group id is ours
-            proc.wait()
-    deadline = time.time() + 20
-    while _own_processes(tag) and time.time() < deadline:
-        time.sleep(0.5)
-    stragglers = _own_processes(tag)
-    for line in stragglers:
-        try:
-            os.kill(int(line.split()[0]), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    return stragglers
-
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A real Ray head (GCS, raylet, dashboard + job API) on 127.0.0.1; yields a JobSubmissionClient."""
-    from ray.job_submission import JobSubmissionClient
-
-    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's unix socket paths must fit ~107 chars
-    # Every port Ray would otherwise take from a fixed default (dashboard 8265, agent 52365, client
-    # 10001, ...) gets a free one: another Ray on this machine (a colleague's, the session's) holds them,
-    # and a head whose agent cannot bind its port answers "No available agent to submit job".
-    port, dash, client, agent_http, agent_grpc, env_agent, metrics = _free_ports(7)
-    token = secrets.token_hex(32)
-    # Nothing from the caller's Ray (RAY_ADDRESS of an outer job, ...) may leak into our head; token
-    # auth on with a token of our own, so the test exercises the same auth path a cloud head uses.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # no 30 s drain on SIGTERM: nothing to hand over
-    # Ray maps --node-ip-address=127.0.0.1 to the machine's reachable IP for GCS/raylet by design
-    # (services.resolve_ip_for_localhost); the dashboard and job API this test talks to stay on 127.0.0.1.
-    cmd = [str(RAY_BIN), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-           f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
-           "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={tmp}"]
-    log = open(Path(tmp) / "head.log", "w")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
-    client, last = None, None
-    try:
-        while time.perf_counter() - t0 < 120:
-            if proc.poll() is not None:
-                break
-            try:
-                client = JobSubmissionClient(f"http://127.0.0.1:{dash}", headers={"Authorization": f"Bearer {token}"})
-                client.list_jobs()
-                break
-            except Exception as exc:  # noqa: BLE001 - the head is still starting
-                client, last = None, exc
-                time.sleep(0.5)
-        if client is None:
-            log.flush()
-            pytest.fail(f"Ray head did not answer on :{dash} ({last!r}); log:\n{(Path(tmp) / 'head.log').read_text()[-3000:]}")
-        t_api = time.perf_counter() - t0
-        # The job API answers before the node's agent has registered ("No available agent to
-        # submit job"): the head is ready when a trivial job has run.
-        status, _ = _wait(client, _retry_submit(client, entrypoint="echo ready"), timeout=120)
-        assert status == "SUCCEEDED", (Path(tmp) / "head.log").read_text()[-3000:]
-        print(f"\n[ray head] job API up in {t_api:.1f} s, first job done {time.perf_counter() - t0:.1f} s "
-              f"after start (dashboard :{dash}, temp {tmp})")
+    """A real Ray head without an autoscaler; yields a JobSubmissionClient."""
+    with _head() as (client, _, _):
         yield client
-    finally:
-        t1 = time.perf_counter()
-        stragglers = _stop_head(proc, tmp)
-        log.close()
-        time.sleep(0.5)
-        left = _own_processes(tmp)
-        print(f"[ray head] stopped in {time.perf_counter() - t1:.1f} s; force-killed {len(stragglers)} stragglers")
-        shutil.rmtree(tmp, ignore_errors=True)
-        assert not left, f"head processes left behind: {left}"
-
-
-def _runtime_env() -> dict:
-    """cluster/runtime_env.yaml as `ray job submit --runtime-env` reads it, run from the repo root."""
-    env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
-    env["working_dir"] = str(REPO)
-    return env
-
-
-def _retry_submit(client, timeout: float = 60, **kw) -> str:
-    t0 = time.perf_counter()
-    while True:
-        try:
-            return client.submit_job(**kw)
-        except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.perf_counter() - t0 > timeout:
-                raise
-            time.sleep(0.5)
-
-
-def _submit(client, args: str) -> str:
-    # `python` inside a job is whatever is first on the head's PATH (checked: the system python,
-    # not the venv the head runs from), so the test names the interpreter Ray itself runs on.
-    return _retry_submit(client, entrypoint=f"{sys.executable} {args}", runtime_env=_runtime_env())
-
-
-def _wait(client, job_id: str, timeout: float = JOB_TIMEOUT_S) -> tuple[str, float]:
-    from ray.job_submission import JobStatus
-
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        status = client.get_job_status(job_id)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            return str(status.value), time.perf_counter() - t0
-        time.sleep(1.0)
-    client.stop_job(job_id)
-    pytest.fail(f"job {job_id} not done after {timeout} s; logs:\n{client.get_job_logs(job_id)[-4000:]}")
 
 
 @pytest.fixture(scope="module")

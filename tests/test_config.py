@@ -5,6 +5,7 @@ import os
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from artextract.cli import main
 from artextract.config import ConfigError, PreprocessConfig, load_config, save_resolved
@@ -84,6 +85,12 @@ SHIPPED = {
     "nga_similarity.yaml": "SimilarityTrainConfig",
     "nga_neardup.yaml": "SimilarityTrainConfig",
     "nga_reindex.yaml": "ReindexConfig",
+    # Cloud runs: the same jobs with GPUs declared per actor/worker (test_autoscaling submits them).
+    "nga_preprocess_gpu.yaml": "PreprocessConfig",
+    "embed_gpu.yaml": "EmbedConfig",
+    "wikiart_classifier_gpu.yaml": "ClassifierTrainConfig",
+    "nga_similarity_gpu.yaml": "SimilarityTrainConfig",
+    "nga_reindex_gpu.yaml": "ReindexConfig",
 }
 
 
@@ -96,6 +103,47 @@ def test_shipped_configs_validate():
     assert files == set(SHIPPED), "configs/ and SHIPPED disagree"
     for name, schema in SHIPPED.items():
         load_config(getattr(C, schema), str(Path(__file__).parents[1] / "configs" / name))
+
+
+def test_laptop_defaults_ask_for_no_gpu_and_gpu_configs_do():
+    """CPU-only is the default on a laptop; the *_gpu.yaml configs declare a GPU for every actor or
+    worker that computes (so an autoscaling cluster launches GPU nodes for them)."""
+    from pathlib import Path
+
+    from artextract import config as C
+
+    root = Path(__file__).parents[1] / "configs"
+
+    def asked(model) -> list[str]:  # every Resources with a GPU, every use_gpu that is on
+        found = []
+        for name, value in model:
+            if (isinstance(value, C.Resources) and value.num_gpus > 0) or (name == "use_gpu" and value):
+                found.append(name)
+            elif isinstance(value, BaseModel):
+                found += asked(value)
+        return found
+
+    for name, schema in SHIPPED.items():
+        gpu = asked(load_config(getattr(C, schema), str(root / name)))
+        if name.endswith("_gpu.yaml"):
+            assert gpu, f"{name} declares no GPU"
+        else:
+            assert not gpu, f"{name} asks for a GPU ({gpu}): laptop configs are CPU-only"
+    assert C.Resources(num_cpus=0.5, num_gpus=1, memory_gb=2).options() == {"num_cpus": 0.5, "num_gpus": 1,
+                                                                          "memory": 2 * 2**30}
+    assert C.Resources(num_cpus=0.5).bundle() == {"CPU": 0.5}
+
+
+def test_cli_check_names_every_missing_setting_and_runs_nothing(tmp_path, capsys):
+    shipped = os.path.join(os.path.dirname(__file__), "..", "configs", "wikiart_classifier.yaml")
+    assert main(["train", "classifier", "--config", shipped]) == 2
+    assert "missing settings: data.input= (--input), out= (--out)" in capsys.readouterr().err
+    assert main(["embed", "--out", str(tmp_path / "e"), "--check"]) == 2
+    assert "missing setting: input= (--input)" in capsys.readouterr().err
+    assert main(["embed", "--input", str(tmp_path), "--out", str(tmp_path / "e"), "--check"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["input"] == str(tmp_path) and printed["resources"]["embed"]["num_gpus"] == 0
+    assert not (tmp_path / "e").exists()  # --check ran nothing
 
 
 def test_cli_rejects_bad_override(tmp_path, capsys):

@@ -125,7 +125,7 @@ def run_ray(pre: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     ray = init_ray(cfg.ray)
     ray_start = time.perf_counter() - t0
     cpus, _ = cluster_counts(ray)
-    actors = cfg.actors or max(1, int((cpus - cfg.read_cpus) // cfg.actor_cpus))
+    actors = cfg.actors or max(1, int((cpus - cfg.resources.read.num_cpus) // cfg.resources.embed.num_cpus))
     handler = _ShardTimes()
     lg = logging.getLogger(embed.__name__)
     old_level = lg.level
@@ -188,7 +188,7 @@ def _layout(args: argparse.Namespace) -> tuple[int, int]:
 
     d = EmbedConfig()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    actors = max(1, int((cpus - d.read_cpus) // d.actor_cpus))
+    actors = max(1, int((cpus - d.resources.read.num_cpus) // d.resources.embed.num_cpus))
     return (args.loader_threads or actors * args.torch_threads,
             actors if args.loader_workers is None else args.loader_workers)
 

@@ -69,7 +69,7 @@ SWEEP: tuple[tuple[str, ...], ...] = (
     ("detector_actors=1", "faces.batch_size=8", "faces.min_face_px=24"),  # the defaults before the sweep
     ("detector_actors=1",),                               # 1 actor x 1 torch thread
     ("detector_actors=1", "torch_threads=2"),             # 1 actor x 2 threads
-    ("detector_actors=2", "detector_cpus=0.9"),           # 2 x 0.9 CPU + decode 0.25 > 2 CPUs
+    ("detector_actors=2", "resources.detector.num_cpus=0.9"),  # 2 x 0.9 CPU + decode 0.25 > 2 CPUs
     ("faces.batch_size=8",),
     ("faces.min_face_px=24",),
     ("decode.detect_max_side=768",),                      # speed at the cost of recall

@@ -51,19 +51,30 @@ def _models_in(value: Any) -> Iterator[BaseModel]:
             yield from _models_in(v)
 
 
-def absolutize_paths(model: BaseModel, root: str) -> None:
+def absolutize_paths(model: BaseModel, root: str | None) -> None:
     """Rewrite, in place, every relative local path in ``model`` (nested sections and lists
     included) as an absolute path under ``root``. Idempotent."""
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         spec = next((m for m in info.metadata if isinstance(m, PathField)), None)
         if spec is not None and isinstance(value, str):
-            new = spec.absolute(value, root)
+            new = spec.absolute(value, root or "/")
+            if new != value and root is None:
+                raise ValueError(f"{name}: relative path {value!r} but this process has no working directory")
             if new != value:
                 model.__dict__[name] = new  # bypass validate_assignment: this runs inside validation
         else:
             for child in _models_in(value):
                 absolutize_paths(child, root)
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        # A Ray worker whose working directory (an unpacked job package) was removed under it: the
+        # configs built there (module defaults) hold no relative path; any other one is refused.
+        return None
 
 
 class Strict(BaseModel):
@@ -79,7 +90,7 @@ class Strict(BaseModel):
         taken from ``storage.local_root`` when set, else from the current directory."""
         storage = self.__dict__.get("storage")
         if isinstance(storage, StorageConfig):
-            absolutize_paths(self, storage.local_root or os.getcwd())
+            absolutize_paths(self, storage.local_root or _cwd())
         return self
 
 
@@ -134,6 +145,37 @@ class RayConfig(Strict):
 
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
+    resource_wait_s: float = Field(900.0, gt=0, description="a job whose actors or workers need resources no "
+                                   "node has (GPUs on a cold autoscaling cluster) asks the autoscaler for them "
+                                   "and waits this long for a node that fits, then fails naming what is missing")
+
+
+class Resources(Strict):
+    """What one Ray actor, task or training worker asks the scheduler for. Declared per job (the
+    laptop defaults are CPU-only; configs/*_gpu.yaml ask for GPUs), never read from the cluster at
+    start: on an autoscaling cluster the request is what makes the autoscaler launch the node type
+    that fits, so a GPU job on a cold cluster gets a GPU node instead of running on the head's CPUs."""
+
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor/worker (fractions share a GPU); > 0 "
+                            "places it on a GPU node, where the stage runs on CUDA")
+    memory_gb: float | None = Field(None, gt=0, description="RAM reserved per actor/worker (Ray's logical "
+                                    "'memory' resource: scheduling only, not a limit). On an autoscaling "
+                                    "cluster the node types must declare 'memory' (KubeRay derives it from the "
+                                    "pod's limit), else the autoscaler finds no node type that fits")
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``map_batches`` / ``ray.remote``: num_cpus, num_gpus, memory."""
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_gb:
+            opts["memory"] = int(self.memory_gb * 2**30)
+        return opts
+
+    def bundle(self) -> dict[str, float]:
+        """The same request as a resource bundle (``CPU``/``GPU``/``memory``)."""
+        opts = self.options()
+        out = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], "memory": opts.get("memory", 0)}
+        return {k: float(v) for k, v in out.items() if v}
 
 
 C = TypeVar("C", bound=BaseModel)

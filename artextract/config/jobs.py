@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
-from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
+from artextract.config.core import OptUri, RayConfig, Resources, StorageConfig, Strict, Uri
 
 
 class DecodeConfig(Strict):
@@ -42,9 +42,19 @@ class FacesConfig(Strict):
     crop_size: int = Field(160, ge=16, description="side of the aligned face crop (px)")
     crop_margin: float = Field(0.35, ge=0, le=2, description="context around the 5-point template")
     max_faces: int = Field(64, ge=1, description="keep at most this many faces per image (highest prob)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where a detector runs inside its actor: auto = CUDA when torch sees the GPU "
+        "the actor was given (preprocess resources.detector.num_gpus), else the CPU")
     batch_size: int | None = Field(None, ge=1, description="images per detector call; None = 1 on CPU "
                                    "(sizes differ, small units balance actors best), 16 on GPU")
+
+
+class PreprocessResources(Strict):
+    """Per-actor requests of the preprocess graph (artextract.config.Resources)."""
+
+    decode: Resources = Field(Resources(num_cpus=0.25), description="each read+decode actor")
+    detector: Resources = Field(Resources(num_cpus=0.75), description="each face-detector actor; num_gpus > 0 "
+                                "puts detection on GPU nodes with a decode pool of its own")
 
 
 class PreprocessConfig(Strict):
@@ -56,13 +66,13 @@ class PreprocessConfig(Strict):
     decode: DecodeConfig = DecodeConfig()
     faces: FacesConfig = FacesConfig()
     decode_batch: int = Field(4, ge=1)
-    decode_cpus: float = Field(0.25, gt=0, description="Ray CPUs per decode task")
-    detector_actors: int = Field(0, ge=0, description="actor pool size; 0 = one per GPU, else as many as "
-                                 "the CPUs hold after one decode actor")
-    detector_cpus: float = Field(0.75, gt=0, description="Ray CPUs per detector actor")
+    resources: PreprocessResources = PreprocessResources()
+    detector_actors: int = Field(0, ge=0, description="detector actor pool size; 0 = on CPUs as many as the "
+                                 "cluster's CPUs hold, on GPUs an autoscaling pool of 1 to the GPUs the "
+                                 "cluster has now (at least 1); N = exactly N on CPUs, 1 to N on GPUs")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per detector actor")
     fuse_decode: bool = Field(True, description="detecting on CPUs: read+decode inside the detector actors "
-                              "(each decode_cpus + detector_cpus); GPU detectors always get a decode pool of their own")
+                              "(each decode + detector resources); GPU detectors always get a decode pool of their own")
     limit: int | None = Field(None, ge=1, description="process only the first N manifest rows (by image_id)")
     overwrite: bool = False
     storage: StorageConfig = StorageConfig()
@@ -209,6 +219,14 @@ class SearchConfig(Strict):
     ray: RayConfig = RayConfig()
 
 
+class EmbedResources(Strict):
+    """Per-task/actor requests of the embed graph (artextract.config.Resources)."""
+
+    read: Resources = Field(Resources(num_cpus=0.25), description="each read task")
+    embed: Resources = Field(Resources(num_cpus=0.75), description="each embedding actor; num_gpus > 0 puts "
+                             "the model on GPU nodes")
+
+
 class EmbedConfig(Strict):
     """``artextract embed``: preprocess output (faces/ and/or images/) -> embedding shards for the index."""
 
@@ -226,12 +244,14 @@ class EmbedConfig(Strict):
                                             "carry their own; imagenet: gives the backbone's channels)")
     seed: int = Field(0, description="init seed for untrained: specs (part of model_version)")
     batch_size: int = Field(32, ge=1, description="images per forward pass (and per Ray block)")
-    actors: int = Field(0, ge=0, description="embedding actor pool size; 0 = one per GPU, else as many "
-                                             "as CPUs allow")
-    actor_cpus: float = Field(0.75, gt=0, description="Ray CPUs per embedding actor")
-    read_cpus: float = Field(0.25, gt=0, description="Ray CPUs per read task")
+    actors: int = Field(0, ge=0, description="embedding actor pool size; 0 = on CPUs as many as the cluster's "
+                                             "CPUs hold, on GPUs an autoscaling pool of 1 to the GPUs the "
+                                             "cluster has now (at least 1); N = exactly N on CPUs, 1 to N on GPUs")
+    resources: EmbedResources = EmbedResources()
     torch_threads: int = Field(1, ge=1, description="intra-op threads per CPU actor")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the model runs inside its actor: auto = CUDA when torch sees the GPU the "
+        "actor was given (resources.embed.num_gpus), else the CPU")
     shard_rows: int = Field(4096, ge=1, description="vectors per output shard (sorted by image_id, face_idx)")
     overwrite: bool = False
     storage: StorageConfig = StorageConfig()

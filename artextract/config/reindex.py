@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
-from artextract.config.jobs import DecodeConfig, FacesConfig, IngestFolderConfig
+from artextract.config.jobs import DecodeConfig, EmbedResources, FacesConfig, IngestFolderConfig, PreprocessResources
 
 
 class ReindexPreprocessConfig(Strict):
@@ -15,8 +15,8 @@ class ReindexPreprocessConfig(Strict):
     shard_rows: int = Field(64, ge=1)
     decode: DecodeConfig = DecodeConfig()
     faces: FacesConfig = FacesConfig()
-    detector_cpus: float = Field(0.75, gt=0)
-    decode_cpus: float = Field(0.25, gt=0)
+    resources: PreprocessResources = PreprocessResources()
+    detector_actors: int = Field(0, ge=0, description="as preprocess detector_actors")
     torch_threads: int = Field(1, ge=1)
 
 
@@ -30,7 +30,8 @@ class ReindexEmbedConfig(Strict):
     seed: int = 0
     batch_size: int = Field(32, ge=1)
     shard_rows: int = Field(4096, ge=1)
-    actor_cpus: float = Field(0.75, gt=0)
+    resources: EmbedResources = EmbedResources()
+    actors: int = Field(0, ge=0, description="as embed actors")
     torch_threads: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

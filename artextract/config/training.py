@@ -103,7 +103,14 @@ class TrainRunConfig(Strict):
         "ray", description="ray: Ray Train workers (DDP, restarts, a cluster's GPUs); process: the same training "
         "loop in this process, 1 worker, no Ray (debugging, tiny runs, a reference for equivalence checks)")
     cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool | None = Field(None, description="None = when the cluster has GPUs")
+    use_gpu: bool = Field(False, description="one GPU per worker: the workers are placed on GPU nodes (an "
+                          "autoscaling cluster launches them) and train on CUDA; a worker whose torch sees no "
+                          "GPU says so and trains on its CPU")
+    memory_gb_per_worker: float | None = Field(None, gt=0, description="RAM reserved per worker (as "
+                                               "artextract.config.Resources.memory_gb)")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend: auto = NCCL with use_gpu, else gloo; gloo with use_gpu "
+        "only where the GPU nodes have no working CUDA (a test cluster)")
     amp: bool = Field(True, description="bf16/fp16 autocast on GPU (ignored on CPU)")
     sync_bn: bool = Field(True, description="SyncBatchNorm across workers (GPU/NCCL); on CPU BN stays local")
     freeze_bn: bool = Field(False, description="BatchNorm in eval mode (running stats frozen)")

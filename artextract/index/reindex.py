@@ -90,7 +90,7 @@ def _process(cfg: ReindexConfig, rows: pa.Table, delta_uri: str) -> tuple[pa.Tab
     p = cfg.preprocess
     pre = preprocess.run(PreprocessConfig(
         manifest=man_uri, out=pre_uri, shard_rows=p.shard_rows, decode=p.decode, faces=p.faces,
-        detector_cpus=p.detector_cpus, decode_cpus=p.decode_cpus, torch_threads=p.torch_threads,
+        resources=p.resources, detector_actors=p.detector_actors, torch_threads=p.torch_threads,
         storage=cfg.storage, ray=cfg.ray))["counts"]
     counts = {"processed": pre["processed"], "quarantined": pre["quarantined"], "faces": pre["faces"],
               "quarantine_reasons": pre.get("quarantine_reasons", {})}
@@ -101,8 +101,8 @@ def _process(cfg: ReindexConfig, rows: pa.Table, delta_uri: str) -> tuple[pa.Tab
         return None, counts
     emb = embed.run(EmbedConfig(
         input=pre_uri, out=emb_uri, model=e.model, what=e.what, image_size=e.image_size, dim=e.dim, seed=e.seed,
-        batch_size=e.batch_size, shard_rows=e.shard_rows, actor_cpus=e.actor_cpus, torch_threads=e.torch_threads,
-        device=e.device, storage=cfg.storage, ray=cfg.ray))["counts"]
+        batch_size=e.batch_size, shard_rows=e.shard_rows, resources=e.resources, actors=e.actors,
+        torch_threads=e.torch_threads, device=e.device, storage=cfg.storage, ray=cfg.ray))["counts"]
     counts["vectors"] = emb["vectors_out"]
     return read_embeddings(emb_uri, cfg.storage), counts
 

@@ -23,7 +23,7 @@ from artextract import console, storage
 from artextract.config import EmbedConfig, StorageConfig
 from artextract.manifest import shard_name
 from artextract.pipelines import shards
-from artextract.pipelines.ray_env import cluster_counts, init_ray
+from artextract.pipelines.ray_env import capacity, cluster_counts, init_ray
 from artextract.runinfo import JobRun
 from artextract.stages.embed import EmbedStage, model_version_of
 
@@ -131,11 +131,25 @@ class EmbedShardWriter:
 
 def _run_ray(cfg: EmbedConfig, work: pa.Table) -> tuple[int, float]:
     ray = init_ray(cfg.ray)
+    cpus, gpus = cluster_counts(ray)
+    res = cfg.resources.embed
+    n_blocks = len(np.unique(work["chunk"].to_numpy()))
+    if res.num_gpus > 0:
+        # GPU actors: an autoscaling pool from 1 (what a cold cluster must launch first) to the
+        # declared size, else as many as the GPUs the cluster has now hold.
+        low, high = 1, cfg.actors or max(1, int(gpus // res.num_gpus))
+    else:
+        low = high = cfg.actors or max(1, int((cpus - cfg.resources.read.num_cpus) // res.num_cpus))
+    high = min(high, n_blocks)  # more actors than blocks would only idle (and Ray Data warns about it)
+    low = min(low, high)
+    with capacity(ray, cfg.ray, res.bundle(), high, "embed actors"):
+        return _run_graph(ray, cfg, work, low, high)
+
+
+def _run_graph(ray, cfg: EmbedConfig, work: pa.Table, low: int, high: int) -> tuple[int, float]:
     from ray.data import ActorPoolStrategy
 
-    cpus, gpus = cluster_counts(ray)
-    use_gpu = gpus > 0 and cfg.device != "cpu"
-    actors = cfg.actors or (int(gpus) if use_gpu else max(1, int((cpus - cfg.read_cpus) // cfg.actor_cpus)))
+    res = cfg.resources.embed
     # One block per chunk (batch_size plan rows); ReadJpegs reads every source file a block touches.
     keys = work.select(["image_id", "face_idx", "yaw", "pitch", "roll", "src", "src_row", "table", "shard", "chunk"])
     chunks = keys["chunk"].to_numpy()
@@ -143,18 +157,21 @@ def _run_ray(cfg: EmbedConfig, work: pa.Table) -> tuple[int, float]:
     starts = [0, *bounds.tolist()]
     ends = [*bounds.tolist(), len(keys)]
     ds = ray.data.from_arrow([keys.slice(a, b - a) for a, b in zip(starts, ends)])
-    # More actors than blocks would only idle (and Ray Data warns about it).
-    actors = min(actors, len(starts))
     # batch_size=None: one block (= one chunk) per call, so a chunk is never split across batches.
     ds = ds.map_batches(read_jpegs, fn_kwargs={"storage_cfg": cfg.storage}, batch_size=None,
-                        batch_format="pyarrow", num_cpus=cfg.read_cpus)
-    device = "cuda" if use_gpu else "cpu"
+                        batch_format="pyarrow", **cfg.resources.read.options())
+    log.info("embed: %s actors, each %s", low if low == high else f"{low}-{high}", res.bundle())
+    # With a GPU declared the device is the actor's own decision (auto = CUDA when torch sees the GPU
+    # Ray gave it), so a GPU actor on a node whose driver does not work says so and runs on its CPU;
+    # without one, auto is the CPU even where the node has a GPU Ray did not give this actor.
+    device = "cpu" if cfg.device == "auto" and res.num_gpus == 0 else cfg.device
     ds = ds.map_batches(EmbedStage, fn_constructor_args=(cfg.model, cfg.image_size, device, cfg.batch_size,
                                                          cfg.dim, cfg.seed, cfg.storage,
-                                                         None if use_gpu else cfg.torch_threads),
-                        batch_size=None, batch_format="pyarrow",
-                        num_cpus=cfg.actor_cpus, num_gpus=1 if use_gpu else 0,
-                        compute=ActorPoolStrategy(size=actors))
+                                                         None if res.num_gpus > 0 else cfg.torch_threads),
+                        # One chunk per call on CPUs; Ray Data wants an explicit size for GPU actors
+                        # (a chunk is batch_size rows, so batches still mostly equal chunks).
+                        batch_size=cfg.batch_size if res.num_gpus > 0 else None, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(min_size=low, max_size=high), **res.options())
     sizes = {int(k): int(v) for k, v in zip(*np.unique(work["shard"].to_numpy(), return_counts=True))}
     ds = ds.map_batches(EmbedShardWriter, fn_constructor_args=(cfg.out, cfg.storage, sizes),
                         batch_size=None, batch_format="pyarrow", num_cpus=0, compute=ActorPoolStrategy(size=1))

@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 
 from artextract import console, manifest as mf
 from artextract import storage
-from artextract.config import PreprocessConfig
+from artextract.config import FacesConfig, PreprocessConfig, Resources
 from artextract.pipelines import shards
-from artextract.pipelines.ray_env import cluster_counts, init_ray
+from artextract.pipelines.ray_env import capacity, cluster_counts, init_ray
 from artextract.runinfo import JobRun
 from artextract.stages.faces import FaceStage
 from artextract.stages.read import ReadDecodeStage
@@ -62,51 +62,84 @@ class ReadDecodeFaceStage:
 
     def __init__(self, cfg: PreprocessConfig):
         self.read = ReadDecodeStage(cfg.decode, cfg.storage)
-        self.faces = FaceStage(cfg.faces, cfg.torch_threads)
+        self.faces = FaceStage(_faces(cfg), cfg.torch_threads)
 
     def __call__(self, batch: dict) -> pa.Table:
         return self.faces(self.read(batch))
 
 
+def _faces(cfg: PreprocessConfig) -> FacesConfig:
+    """The detector settings an actor gets: device auto means the CPU unless a GPU is declared (a
+    node's GPU that Ray did not give this actor belongs to another one)."""
+    if cfg.faces.device == "auto" and cfg.resources.detector.num_gpus == 0:
+        return cfg.faces.model_copy(update={"device": "cpu"})
+    return cfg.faces
+
+
+def _pools(cfg: PreprocessConfig, cpus: float, gpus: float, n_blocks: int, n_images: int) -> tuple[bool, int, int]:
+    """(fuse decode into the detectors, smallest and largest detector pool) from the declared resources."""
+    det, dec = cfg.resources.detector, cfg.resources.decode
+    if det.num_gpus > 0:
+        # GPU detectors: an autoscaling pool from 1 (what a cold cluster must launch first) to the
+        # declared size, else as many as the GPUs the cluster has now hold.
+        top = cfg.detector_actors or max(1, int(gpus // det.num_gpus))
+        return False, 1, max(1, min(top, n_blocks))
+    # Measured on 2 cores (docs/benchmarks.md): one single-threaded detector per core beats one
+    # multi-threaded detector; small detector batches keep the actors evenly loaded.
+    fuse = cfg.fuse_decode
+    per_actor = dec.num_cpus + det.num_cpus if fuse else det.num_cpus
+    spare = cpus if fuse else cpus - dec.num_cpus  # unfused: one decode actor's share is taken
+    actors = cfg.detector_actors or max(1, int(spare // per_actor))
+    if not cfg.detector_actors:
+        # A detector actor costs ~5 CPU-s to start (torch + torchvision import, MTCNN load): about
+        # 10 NGA images' detection (naive loop 2.2 img/s, docs/benchmarks.md). Each actor gets at
+        # least 16 images, so small jobs (a nightly reindex delta, a sample) start fewer.
+        actors = min(actors, max(1, n_images // IMAGES_PER_EXTRA_DETECTOR))
+    actors = min(actors, n_blocks)  # more detectors than blocks would only idle (Ray Data warns)
+    return fuse, actors, actors
+
+
 def _run_ray(cfg: PreprocessConfig, work: pa.Table) -> tuple[int, float]:
     """Run the Ray Data graph over ``work``; returns (rows written, seconds)."""
     ray = init_ray(cfg.ray)
+    cpus, gpus = cluster_counts(ray)
+    blocks = -(-len(work) // cfg.decode_batch)
+    fuse, low, high = _pools(cfg, cpus, gpus, blocks, len(work))
+    with capacity(ray, cfg.ray, _detector_resources(cfg, fuse).bundle(), high, "preprocess detector actors"):
+        return _run_graph(ray, cfg, work, fuse, low, high)
+
+
+def _detector_resources(cfg: PreprocessConfig, fuse: bool) -> Resources:
+    det, dec = cfg.resources.detector, cfg.resources.decode
+    return det.model_copy(update={"num_cpus": det.num_cpus + dec.num_cpus}) if fuse else det
+
+
+def _run_graph(ray, cfg: PreprocessConfig, work: pa.Table, fuse: bool, low: int, high: int) -> tuple[int, float]:
     from ray.data import ActorPoolStrategy
 
-    cpus, gpus = cluster_counts(ray)
-    use_gpu = gpus > 0 and cfg.faces.device != "cpu"
-    # Measured on 2 cores (docs/benchmarks.md): one single-threaded detector per core beats one
-    # multi-threaded detector; small detector batches keep the actors evenly loaded.
-    fuse = cfg.fuse_decode and not use_gpu
-    per_actor = cfg.decode_cpus + cfg.detector_cpus if fuse else cfg.detector_cpus
-    spare = cpus if fuse else cpus - cfg.decode_cpus  # unfused: one decode actor's share is taken
-    actors = cfg.detector_actors or (int(gpus) if use_gpu else max(1, int(spare // per_actor)))
-    det_batch = cfg.faces.batch_size or (16 if use_gpu else 1)
+    det, dec = cfg.resources.detector, cfg.resources.decode
+    det_batch = cfg.faces.batch_size or (16 if det.num_gpus > 0 else 1)
     # Only keys travel through the graph; the writer joins the manifest's metadata back per shard
     # (passing metadata through would re-infer column types per batch, e.g. an all-null width).
     keys = work.select(["image_id", "uri", "shard"])
     blocks = [keys.slice(i, cfg.decode_batch) for i in range(0, len(keys), cfg.decode_batch)]
     ds = ray.data.from_arrow(blocks)
-    if not cfg.detector_actors:
-        # A detector actor costs ~5 CPU-s to start (torch + torchvision import, MTCNN load): about
-        # 10 NGA images' detection (naive loop 2.2 img/s, docs/benchmarks.md). Each actor gets at
-        # least 16 images, so small jobs (a nightly reindex delta, a sample) start fewer.
-        actors = min(actors, max(1, len(work) // IMAGES_PER_EXTRA_DETECTOR))
-    actors = min(actors, len(blocks))  # more detectors than blocks would only idle (Ray Data warns)
+    log.info("preprocess: %s detector actors, each %s", low if low == high else f"{low}-{high}",
+             _detector_resources(cfg, fuse).bundle())
     if fuse:
         # One actor per core reads, decodes and detects: half the worker processes to start (each
         # ~3 CPU-s of imports on a cold start) and no decoded images through the object store.
         ds = ds.map_batches(ReadDecodeFaceStage, fn_constructor_args=(cfg, ),
                             batch_size=cfg.decode_batch, batch_format="numpy",
-                            num_cpus=per_actor, compute=ActorPoolStrategy(size=actors))
+                            compute=ActorPoolStrategy(size=high), **_detector_resources(cfg, fuse).options())
     else:
+        cpus = cluster_counts(ray)[0]
         ds = ds.map_batches(ReadDecodeStage, fn_constructor_args=(cfg.decode, cfg.storage),
-                            batch_size=cfg.decode_batch, num_cpus=cfg.decode_cpus, batch_format="numpy",
-                            compute=ActorPoolStrategy(min_size=1, max_size=max(2, int(cpus))))
-        ds = ds.map_batches(FaceStage, fn_constructor_args=(cfg.faces, cfg.torch_threads),
+                            batch_size=cfg.decode_batch, batch_format="numpy",
+                            compute=ActorPoolStrategy(min_size=1, max_size=max(2, int(cpus))), **dec.options())
+        ds = ds.map_batches(FaceStage, fn_constructor_args=(_faces(cfg), cfg.torch_threads),
                             batch_size=det_batch, batch_format="numpy",
-                            num_cpus=cfg.detector_cpus, num_gpus=1 if use_gpu else 0,
-                            compute=ActorPoolStrategy(size=actors))
+                            compute=ActorPoolStrategy(min_size=low, max_size=high), **det.options())
     ds = ds.map_batches(ShardWriter, fn_constructor_args=(cfg.out, cfg.storage, work, cfg.faces.crop_size),
                         batch_size=None, batch_format="pyarrow", num_cpus=0,  # I/O only
                         compute=ActorPoolStrategy(size=1))

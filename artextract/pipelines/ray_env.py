@@ -1,8 +1,12 @@
 """Attach to Ray: the given address (or RAY_ADDRESS, as inside a submitted job), else a local Ray."""
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import time
+from typing import Iterator
 
 from artextract import console
 from artextract.config import RayConfig
@@ -50,3 +54,84 @@ def cluster_counts(ray) -> tuple[float, float]:
     """(CPUs, GPUs) the cluster has."""
     res = ray.cluster_resources()
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+class ResourcesUnavailable(RuntimeError):
+    """A job declared resources (a GPU per actor, say) that no node has and none will join."""
+
+
+def _fits(ray, bundle: dict[str, float]) -> bool:
+    return any(n["Alive"] and all(n["Resources"].get(k, 0) >= v for k, v in bundle.items()) for n in ray.nodes())
+
+
+def _autoscaler_limits(ray) -> tuple[bool, dict[str, float] | None]:
+    """(an autoscaler is running, the most of each resource its node types can ever add or None)."""
+    try:  # private API, written by autoscaler v2 and KubeRay; v1 publishes only its status
+        from ray._private.state import state
+
+        limits = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - absent or moved in this Ray version
+        limits = None
+    try:
+        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        status = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}")
+    except Exception:  # noqa: BLE001
+        status = {}
+    # Every Ray runs a monitor that publishes this status; only one with an autoscaling config (a
+    # launcher or KubeRay cluster) reports on an autoscaler, i.e. can add nodes.
+    return bool(limits) or "autoscaler_report" in status, limits
+
+
+def _describe(bundle: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v / 2**30:g} GiB" if k == "memory" else f"{k}: {v:g}"
+                           for k, v in bundle.items()) + "}"
+
+
+@contextlib.contextmanager
+def capacity(ray, cfg: RayConfig, bundle: dict[str, float], count: int, what: str) -> Iterator[None]:
+    """Hold until some node can host one ``bundle`` (one actor or worker of ``what``), then run the body.
+
+    Ray would otherwise queue an actor no node fits forever: on a cluster without an autoscaler, or
+    whose node types have no GPU, the job fails at once naming the request; on an autoscaling
+    cluster the autoscaler is asked for ``count`` such bundles (all the pool may use, so the nodes
+    launch together), and the job fails if none has joined after ``cfg.resource_wait_s``. The
+    request is withdrawn when the body ends, so the nodes can scale down again.
+    """
+    if _fits(ray, bundle):
+        yield
+        return
+    have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
+    where = "this local Ray" if not (cfg.address or os.environ.get("RAY_ADDRESS")) else "the cluster"
+    advice = ("declare less (configs without _gpu ask for CPUs only) or run on a cluster whose node types "
+              "provide it (cluster/aws.yaml, cluster/gcp.yaml, cluster/kuberay/raycluster.yaml)")
+    autoscaler, limits = _autoscaler_limits(ray)
+    short = {k: v for k, v in bundle.items() if limits is not None and limits.get(k, 0) < v}
+    if not autoscaler or short:
+        reason = (f"its node types can never add {_describe(short)}" if short else
+                  "no node has that and no autoscaler can add one")
+        raise ResourcesUnavailable(f"{what}: each asks for {_describe(bundle)} but {where} has "
+                                   f"{_describe(have)} and {reason}: {advice}")
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[bundle] * max(1, count))
+    try:
+        t0, said = time.monotonic(), 0.0
+        log.info("%s: asked the autoscaler for %d x %s; waiting up to %g s for a node", what, count,
+                 _describe(bundle), cfg.resource_wait_s)
+        while not _fits(ray, bundle):
+            waited = time.monotonic() - t0
+            if waited > cfg.resource_wait_s:
+                raise ResourcesUnavailable(
+                    f"{what}: each asks for {_describe(bundle)}; the autoscaler was asked but no node that fits "
+                    f"joined within ray.resource_wait_s={cfg.resource_wait_s:g} s (check `ray status`, the node "
+                    f"type's max_workers and the cloud's GPU quota) or {advice}")
+            if waited - said >= 30:
+                said = waited
+                log.info("%s: still waiting for a node with %s (%.0f s)", what, _describe(bundle), waited)
+            time.sleep(1.0)
+        log.info("%s: a node with %s joined after %.0f s", what, _describe(bundle), time.monotonic() - t0)
+        yield
+    finally:
+        request_resources(bundles=[])

@@ -36,6 +36,7 @@ from PIL import Image
 from artextract import storage
 from artextract.config import StorageConfig
 from artextract.models.embedding import EmbeddingNet
+from artextract.stages.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,7 @@ class EmbedStage:
                  torch_threads: int | None = None) -> None:
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device, "embed"))
         self.image_size, self.batch_size = image_size, batch_size
         model, self.model_version = load_model(model_spec, dim, seed, storage_cfg)
         self.model = model.to(self.device)

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from artextract.config import FacesConfig
+from artextract.stages.device import resolve_device
 
 
 @dataclass
@@ -34,17 +35,6 @@ class Raw:
 
     def keep(self, mask: np.ndarray) -> "Raw":
         return Raw(self.boxes[mask], self.scores[mask], self.landmarks[mask])
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("faces.device=cuda but torch sees no CUDA device")
-    return device
 
 
 class MTCNNDetector:

@@ -13,7 +13,8 @@ import pyarrow as pa
 from artextract.config import FacesConfig
 from artextract.stages.align import aligned_crop
 from artextract.stages.decode import encode_jpeg
-from artextract.stages.face_detectors import DETECTORS, Raw, resolve_device
+from artextract.stages.device import resolve_device
+from artextract.stages.face_detectors import DETECTORS, Raw
 from artextract.stages.face_merge import CALIBRATION, VIEWS, Verifier, calibrated, weighted_nms
 from artextract.stages.pose import pose_from_landmarks
 
@@ -48,9 +49,10 @@ class FaceDetector:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "face detection")
         names = cfg.members if cfg.detector == "ensemble" else [cfg.detector]
-        self.detectors = [DETECTORS[n](cfg, torch_threads) for n in dict.fromkeys(names)]
+        resolved = cfg.model_copy(update={"device": self.device})  # one decision (and warning) for all
+        self.detectors = [DETECTORS[n](resolved, torch_threads) for n in dict.fromkeys(names)]
         self.views = [VIEWS[v] for v in dict.fromkeys(cfg.views)]
         self.verify = Verifier(self.device)
 

@@ -14,7 +14,7 @@ def _ray(spec: Launch, name: str, ray_cfg: RayConfig, datasets: dict[str, Any] |
     from artextract.train import ray_train  # the only ray.train user
 
     init_ray(ray_cfg)
-    ray_train.launch(spec, name, datasets)
+    ray_train.launch(spec, name, ray_cfg, datasets)
 
 
 def _process(spec: Launch, name: str, ray_cfg: RayConfig, datasets: dict[str, Any] | None) -> None:

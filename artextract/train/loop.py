@@ -78,7 +78,10 @@ def fit_in_process(spec: Launch) -> dict[str, Any]:
     seeds, checkpoints and resume as one Ray Train worker). Restores torch's thread count after."""
     if spec.local_batches is None:
         raise ValueError("train.launcher=process needs a local batch source (data.loader=local)")
-    use_gpu = torch.cuda.is_available() if spec.run.use_gpu is None else spec.run.use_gpu
+    use_gpu = spec.run.use_gpu and torch.cuda.is_available()
+    if spec.run.use_gpu and not use_gpu:
+        log.warning("train.use_gpu but torch %s (CUDA %s) sees no GPU: training on the CPU", torch.__version__,
+                    torch.version.cuda)
     task, threads = spec.make_task(), torch.get_num_threads()
     ctx = WorkerContext(rank=0, world=1, device=torch.device("cuda" if use_gpu else "cpu"),
                         steps_per_epoch=spec.steps_per_epoch,

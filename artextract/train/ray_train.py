@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -19,10 +20,11 @@ import ray
 import ray.train
 import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from artextract import console, storage
-from artextract.config import StorageConfig
+from artextract.config import RayConfig, Resources, StorageConfig
+from artextract.pipelines.ray_env import capacity
 from artextract.train.loop import Launch, WorkerContext, fit
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,10 @@ def _worker(config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    if spec.run.use_gpu and not torch.cuda.is_available():
+        log.warning("rank %d: given GPU %s but torch %s (CUDA %s) sees none: training on the CPU", rank,
+                    os.environ.get("CUDA_VISIBLE_DEVICES", ""), torch.__version__, torch.version.cuda)
+    device = ray.train.torch.get_device() if spec.run.use_gpu and torch.cuda.is_available() else torch.device("cpu")
     task = spec.make_task()
     if spec.local_batches is None:
         shard = ray.train.get_dataset_shard("train")
@@ -62,23 +67,24 @@ def _run_config(name: str, out: str, cfg: StorageConfig, max_failures: int) -> R
                      failure_config=FailureConfig(max_failures=max_failures))
 
 
-def launch(spec: Launch, name: str, datasets: dict[str, Any] | None = None) -> None:
+def launch(spec: Launch, name: str, ray_cfg: RayConfig, datasets: dict[str, Any] | None = None) -> None:
     """Run training with ``spec.run.workers`` Ray Train workers; raises if the run fails for good."""
-    use_gpu = spec.run.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    if spec.run.batch_size % spec.run.workers:
-        raise ValueError(f"train.batch_size {spec.run.batch_size} must be divisible by train.workers "
-                         f"{spec.run.workers}")
-    resources = {"CPU": spec.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    run = spec.run
+    if run.batch_size % run.workers:
+        raise ValueError(f"train.batch_size {run.batch_size} must be divisible by train.workers {run.workers}")
+    # Declared, not detected: the request is what makes an autoscaling cluster launch GPU nodes.
+    resources = Resources(num_cpus=run.cpus_per_worker, num_gpus=1 if run.use_gpu else 0,
+                          memory_gb=run.memory_gb_per_worker)
+    per_worker = resources.bundle()
     trainer = TorchTrainer(
         _worker, train_loop_config={"launch": spec},
-        scaling_config=ScalingConfig(num_workers=spec.run.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=_run_config(name, spec.out, spec.storage, spec.run.max_failures),
+        torch_config=TorchConfig(backend=None if run.backend == "auto" else run.backend),
+        scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker=per_worker),
+        run_config=_run_config(name, spec.out, spec.storage, run.max_failures),
         datasets=datasets or {})
-    log.info("training %s on %d %s worker(s), global batch %d", name, spec.run.workers,
-             "GPU" if use_gpu else "CPU", spec.run.batch_size)
-    with _epoch_progress(spec, name):
+    log.info("training %s on %d %s worker(s), global batch %d", name, run.workers,
+             "GPU" if run.use_gpu else "CPU", run.batch_size)
+    with capacity(ray, ray_cfg, per_worker, run.workers, f"{name} workers"), _epoch_progress(spec, name):
         result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
