@@ -58,22 +58,14 @@ def validate(table: pa.Table) -> None:
 def write(table: pa.Table, out_uri: str, shard_rows: int, cfg: StorageConfig | None = None) -> list[str]:
     """Write a manifest as ``part-NNNNN.parquet`` shards sorted by image_id; returns shard URIs.
 
-    Shards left from an earlier, larger manifest in the same place are removed afterwards.
+    Published as one set (``storage.publish_parts``): a reader sees the whole old manifest or the
+    whole new one, never a mix, and an earlier, larger manifest's extra shards are not read.
     """
     table = conform(table)
     validate(table)
     table = table.sort_by("image_id")
     n = max(1, -(-len(table) // shard_rows))
-    uris = []
-    for i in range(n):
-        uri = storage.join(out_uri, shard_name(i))
-        storage.write_parquet(uri, table.slice(i * shard_rows, shard_rows), cfg)
-        uris.append(uri)
-    keep = {storage.filesystem_for(u, cfg).path for u in uris}
-    for info in storage.list_files(out_uri, cfg, suffix=".parquet", recursive=False):
-        if info.base_name.startswith("part-") and info.path not in keep:
-            storage.delete_file(storage.uri_of(storage.filesystem_for(out_uri, cfg), info.path), cfg)
-    return uris
+    return storage.publish_parts(out_uri, [table.slice(i * shard_rows, shard_rows) for i in range(n)], cfg)
 
 
 def read(uri: str, cfg: StorageConfig | None = None) -> pa.Table:

@@ -231,6 +231,47 @@ def write_parquet(uri: str, table: pa.Table, cfg: StorageConfig | None = None) -
     write_bytes(uri, sink.getvalue().to_pybytes(), cfg)
 
 
+PARTS_MARKER = "_parts.json"
+
+
+def part_files(uri: str, cfg: StorageConfig | None = None) -> list[str]:
+    """URIs of the committed ``part-*.parquet`` shards of a directory, sorted ([] when none).
+
+    A directory published as a set (``publish_parts``: a manifest) lists its shards in
+    ``_parts.json``, written last: exactly those are read, never a half-written newer set or the
+    leftovers of an older one. Elsewhere every ``part-*`` file directly under ``uri`` is a shard;
+    other parquet files beside them (e.g. missing.parquet) are not.
+    """
+    loc = filesystem_for(uri, cfg)
+    try:
+        marker = json.loads(read_bytes(join(uri, PARTS_MARKER), cfg))
+    except FileNotFoundError:
+        marker = None
+    if marker is not None:
+        return [join(uri, name) for name in marker["parts"]]
+    return sorted(uri_of(loc, f.path) for f in list_files(uri, cfg, suffix=".parquet", recursive=False)
+                  if f.base_name.startswith("part-"))
+
+
+def publish_parts(uri: str, tables: list[pa.Table], cfg: StorageConfig | None = None) -> list[str]:
+    """Write ``tables`` as the shard set of directory ``uri`` so readers switch from the old set to
+    the new one at once: new shards under names no reader uses yet, then ``_parts.json`` naming them
+    (one atomic put), then the old shards are deleted. A crash before the marker leaves the old set
+    in force; its stray new shards are removed by the next publish. Returns the shard URIs."""
+    before = {posixpath.basename(u) for u in part_files(uri, cfg)}
+    loose = {f.base_name for f in list_files(uri, cfg, suffix=".parquet", recursive=False)
+             if f.base_name.startswith("part-")}
+    # The first set in an empty place keeps the plain names; a rewrite gets names of its own.
+    tag = "" if not loose else f"-g{time.time_ns():x}{uuid.uuid4().hex[:6]}"
+    names = [f"part-{i:05d}{tag}.parquet" for i in range(len(tables))]
+    for name, table in zip(names, tables):
+        write_parquet(join(uri, name), table, cfg)
+    write_text(join(uri, PARTS_MARKER), json.dumps({"parts": names, "rows": sum(len(t) for t in tables)}), cfg)
+    for name in sorted((before | loose) - set(names)):
+        delete_file(join(uri, name), cfg)
+    return [join(uri, n) for n in names]
+
+
 @_s3_retry
 def read_parquet(uri: str, cfg: StorageConfig | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read one parquet file or a directory of ``part-*.parquet`` shards as one table."""
@@ -240,9 +281,7 @@ def read_parquet(uri: str, cfg: StorageConfig | None = None, columns: list[str] 
         raise FileNotFoundError(f"no parquet file or directory at {uri}")
     if info.type == pafs.FileType.File:
         return _read_parquet_file(loc, loc.path, columns, cfg)
-    # Only committed shards: other parquet files beside them (e.g. missing.parquet) are not parts.
-    files = [f.path for f in list_files(uri, cfg, suffix=".parquet", recursive=False)
-             if posixpath.basename(f.path).startswith("part-")]
+    files = [filesystem_for(u, cfg).path for u in part_files(uri, cfg)]
     if not files:
         raise FileNotFoundError(f"no parquet shards under {uri}")
     tables = [_read_parquet_file(loc, p, columns, cfg) for p in sorted(files)]

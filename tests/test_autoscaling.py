@@ -47,8 +47,11 @@ def _gpu_nodes(head) -> list[dict]:
 
 def _actors_asking_gpu(head) -> list[dict]:
     # In a placement group (Ray Train's workers) the request reads GPU_group_<bundle>_<group id>.
-    return [a for a in _state(head, "actors")
-            if any(k == "GPU" or k.startswith("GPU_group_") for k, v in (a.get("required_resources") or {}).items() if v)]
+    def asks(a: dict) -> bool:
+        wants = a.get("required_resources") or {}
+        return any(v and (k == "GPU" or k.startswith("GPU_group_")) for k, v in wants.items())
+
+    return [a for a in _state(head, "actors") if asks(a)]
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,8 @@ def test_cluster_manifests_parse_validate_and_reference_real_files():
 # Which jobs/ entry point runs each shipped config.
 ENTRY_POINTS = {"embed": "embed_collection.py", "folder_ingest": "ingest.py folder", "nga_ingest": "ingest.py nga",
                 "wikiart_ingest": "ingest.py wikiart", "index_build": "build_index.py", "preprocess": "preprocess.py",
-                "classifier": "train_classifier.py", "similarity": "train_similarity.py", "neardup": "train_similarity.py",
+                "classifier": "train_classifier.py", "similarity": "train_similarity.py",
+                "neardup": "train_similarity.py",
                 "reindex": "reindex.py"}
 
 

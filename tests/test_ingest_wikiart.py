@@ -182,7 +182,8 @@ def test_cli(synthetic: IngestWikiartConfig) -> None:
     out = Path(synthetic.out)
     assert (out / "summary.json").is_file() and (out / "config.resolved.yaml").is_file()
     assert sorted(p.name for p in out.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
-    assert main(["ingest", "wikiart", "--splits", synthetic.splits, "--out", synthetic.out]) == 1
+    # A setting the job cannot run without is a config error (exit 2), named before anything runs.
+    assert main(["ingest", "wikiart", "--splits", synthetic.splits, "--out", synthetic.out]) == 2
 
 
 def test_real_artgan_splits(shared_data: Path, tmp_path: Path) -> None:

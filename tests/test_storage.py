@@ -124,3 +124,58 @@ def test_bounded_read_stops_after_limit_plus_one(where, tmp_path, request):
     assert storage.read_bytes(uri, cfg, limit=1000) == data[:1001]
     assert storage.read_bytes(uri, cfg, limit=len(data)) == data  # at the limit: all of it
     assert storage.read_bytes(uri, cfg) == data
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_manifest_rewrite_is_published_as_one_set(where, tmp_path, request, monkeypatch):
+    """A manifest rewrite (3 shards -> 2) that crashes half way leaves the old manifest in force,
+    whole (before: readers saw new shard 0 with old shards 1-2, and a shorter rewrite's leftovers
+    were read as part of it); the next rewrite publishes at once and removes every stray shard."""
+    from artextract import manifest as mf
+
+    if where == "local":
+        uri, cfg = str(tmp_path / "manifest"), StorageConfig()
+    else:
+        uri, cfg = f"s3://{request.getfixturevalue('s3_bucket')}/manifest", request.getfixturevalue("s3_storage")
+
+    def rows(n: int, tag: str) -> pa.Table:
+        return pa.table({"image_id": [f"{i:03d}" for i in range(n)], "uri": [f"/x/{tag}{i}.jpg" for i in range(n)]})
+
+    first = mf.write(rows(6, "old"), uri, 2, cfg)
+    assert [u.rsplit("/", 1)[1] for u in first] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    real, calls = storage.write_parquet, []
+
+    def crash_on_second(u, table, c=None):
+        calls.append(u)
+        if len(calls) == 2:
+            raise OSError("node lost")
+        return real(u, table, c)
+
+    monkeypatch.setattr(storage, "write_parquet", crash_on_second)
+    with pytest.raises(OSError, match="node lost"):
+        mf.write(rows(4, "new"), uri, 2, cfg)
+    monkeypatch.setattr(storage, "write_parquet", real)
+    seen = mf.read(uri, cfg)  # the old manifest, whole: not new shard 0 + old shards 1, 2
+    assert len(seen) == 6 and all("old" in u for u in seen["uri"].to_pylist())
+    assert len(storage.part_files(uri, cfg)) == 3
+
+    mf.write(rows(4, "new"), uri, 2, cfg)
+    seen = mf.read(uri, cfg)
+    assert len(seen) == 4 and all("new" in u for u in seen["uri"].to_pylist())
+    left = [i.base_name for i in storage.list_files(uri, cfg, suffix=".parquet")]
+    assert len(left) == 2 and all("-g" in n for n in left), left  # old set and the crash's stray gone
+    assert storage.read_json(storage.join(uri, storage.PARTS_MARKER), cfg)["rows"] == 4
+
+
+def test_a_directory_without_a_marker_is_read_as_before_and_adopted_on_rewrite(tmp_path):
+    """Hand-made or older manifests (plain part-* files, no _parts.json) still read; the first
+    publish over them replaces them as a set."""
+    from artextract import manifest as mf
+
+    uri = str(tmp_path / "m")
+    storage.write_parquet(storage.join(uri, "part-00000.parquet"), pa.table({"image_id": ["a"], "uri": ["/a"]}))
+    storage.write_parquet(storage.join(uri, "part-00001.parquet"), pa.table({"image_id": ["b"], "uri": ["/b"]}))
+    assert mf.read(uri)["image_id"].to_pylist() == ["a", "b"]
+    mf.write(pa.table({"image_id": ["c"], "uri": ["/c"]}), uri, 10)
+    assert mf.read(uri)["image_id"].to_pylist() == ["c"]
+    assert len(storage.list_files(uri, suffix=".parquet")) == 1

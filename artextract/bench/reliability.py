@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artextract.bench import hostile
 from artextract.bench.faultproxy import FAULT_KINDS, FaultProxy
 from artextract.bench.preprocess import git_commit, machine, write_doc
 from artextract.bench.s3server import LocalS3
 
-SECTION = "Reliability (S3 faults)"
+SECTION = "Reliability (S3 faults)"  # the run also writes bench.hostile's section
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
@@ -149,9 +150,13 @@ def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> i
                 r["compare"] = compare(clean, _rows(s3.endpoint, f"s3://reliability/faults{i}/pre"))
             print(json.dumps(r), flush=True)
             results.append(r)
+    hostile_rows = hostile.run()
+    for row in hostile_rows:
+        print(json.dumps(row), flush=True)
     if sink is not None:
-        sink.update(results=results, clean_rows=len(clean["images"]), started=started)
-    write_doc(Path(args.out), [(SECTION, section(results, len(clean["images"]), argv, started))])
+        sink.update(results=results, clean_rows=len(clean["images"]), started=started, hostile=hostile_rows)
+    write_doc(Path(args.out), [(SECTION, section(results, len(clean["images"]), argv, started)),
+                               (hostile.SECTION, hostile.section(hostile_rows, [], started))])
     print(f"wrote the {SECTION!r} section of {args.out}")
     return 0 if all(r["rc"] == 0 and not any(r["compare"].values()) for r in results) else 1
 

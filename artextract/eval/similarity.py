@@ -45,9 +45,7 @@ TOP1_QUERIES = 5000  # a sample suffices for the top-1 cosine distribution; a fu
 # ------------------------------------------------------------------------------------------ IO
 
 def _parts(base: str, st: StorageConfig) -> list[str]:
-    loc = storage.filesystem_for(base, st)
-    return [storage.uri_of(loc, f.path) for f in storage.list_files(base, st, suffix=".parquet", recursive=False)
-            if f.base_name.startswith("part-")]
+    return storage.part_files(base, st)
 
 
 def read_labels(uri: str, column: str, st: StorageConfig | None = None) -> dict[str, Any]:

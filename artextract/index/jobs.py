@@ -41,7 +41,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import posixpath
 from typing import Any
 
 import numpy as np
@@ -115,8 +114,7 @@ def _parquet_files(uri: str, cfg: StorageConfig) -> tuple[Any, list[str]]:
     info = loc.fs.get_file_info(loc.path)
     if info.type.name == "File":
         return loc.fs, [loc.path]
-    files = [f.path for f in storage.list_files(uri, cfg, suffix=".parquet", recursive=False)
-             if posixpath.basename(f.path).startswith("part-")]
+    files = [storage.filesystem_for(u, cfg).path for u in storage.part_files(uri, cfg)]
     if not files:
         raise FileNotFoundError(f"no parquet file or part-*.parquet shards at {uri}")
     return loc.fs, files

@@ -33,6 +33,7 @@ from artextract.config import StorageConfig
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 600.0
 LEGACY_LEASE_S = 3600.0  # records written before leases: stale an hour after creation
+GUARD_STALE_S = 30.0  # a local swap guard this old belongs to a writer that died mid-swap
 _HELD: dict[str, "Lease"] = {}  # out_uri -> the lease this process holds on it
 _HELD_LOCK = threading.Lock()
 
@@ -54,13 +55,16 @@ def _create(uri: str, body: bytes, cfg: StorageConfig | None) -> bool:
     """Create the lock object only if absent; False when it already exists."""
     loc = storage.filesystem_for(uri, cfg)
     if not loc.is_s3:
+        # The record is written to a private file and linked into place: link fails if the lock
+        # exists, and the lock never exists empty (a reader would take it for a crashed writer's).
         os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+        tmp = _private_copy(loc.path, body)
         try:
-            fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, loc.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
+        finally:
+            os.unlink(tmp)
         return True
     from botocore.exceptions import ClientError
 
@@ -132,26 +136,49 @@ def _replace(uri: str, seen: dict[str, Any], etag: str | None, body: bytes, cfg:
                 return False
             raise
         return True
-    aside = f"{loc.path}.broken-{uuid.uuid4().hex}"
-    try:
-        os.rename(loc.path, aside)  # atomic: of two breakers, one gets the file, the other FileNotFoundError
-    except FileNotFoundError:
+    # Local: compare-and-swap under a short-lived guard file, so the lock path is never empty (a
+    # breaker that moved a fresh lock aside let a third writer create its own: two winners) and
+    # only one writer at a time compares and replaces.
+    guard = f"{loc.path}.swap"
+    if not _take_guard(guard):
         return False
     try:
-        taken = json.loads(open(aside, "rb").read())
-    except ValueError:
-        taken = {"token": None, "created": seen.get("created")}
-    if (taken.get("token"), taken.get("created")) != (seen.get("token"), seen.get("created")):
-        # A newer lock appeared between our read and the rename: put it back (unless yet another
-        # writer already created one), and give up.
+        now, _ = _read(uri, cfg)
+        if now is None or (now.get("token"), now.get("created")) != (seen.get("token"), seen.get("created")):
+            return False
+        tmp = _private_copy(loc.path, body)
+        os.replace(tmp, loc.path)  # atomic overwrite: readers see the old record or the new one
+        return True
+    finally:
+        os.unlink(guard)
+
+
+def _private_copy(path: str, body: bytes) -> str:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(body)
+    return tmp
+
+
+def _take_guard(guard: str) -> bool:
+    """Create ``guard`` exclusively; a guard older than GUARD_STALE_S (its holder died mid-swap,
+    which takes milliseconds) is removed once and retried. False: another writer is swapping."""
+    for attempt in range(2):
         try:
-            os.link(aside, loc.path)
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return True
         except FileExistsError:
-            pass
-        os.unlink(aside)
-        return False
-    os.unlink(aside)
-    return _create(uri, body, cfg)
+            try:
+                stale = time.time() - os.stat(guard).st_mtime > GUARD_STALE_S
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if not stale or attempt:
+                return False
+            try:
+                os.unlink(guard)
+            except FileNotFoundError:
+                pass
+    return False
 
 
 def acquire(out_uri: str, cfg: StorageConfig | None = None, owner: str = "", force: bool = False,
@@ -190,12 +217,8 @@ def renew(out_uri: str, token: str, cfg: StorageConfig | None = None) -> None:
     if not held or held.get("token") != token:
         raise LockError(f"lost the lock of {out_uri}: now held by {(held or {}).get('owner') or 'nobody'}")
     body = _record(token, held.get("owner", ""), float(held.get("lease_s") or DEFAULT_LEASE_S), held.get("created"))
-    loc = storage.filesystem_for(uri, cfg)
-    if loc.is_s3:
-        if not _replace(uri, held, etag, body, cfg):
-            raise LockError(f"lost the lock of {out_uri} while renewing it")
-    else:  # our own file: replace it atomically (temp + rename), so readers never see half a record
-        storage.write_bytes(uri, body, cfg)
+    if not _replace(uri, held, etag, body, cfg):  # only if it is still the record we just read
+        raise LockError(f"lost the lock of {out_uri} while renewing it")
 
 
 def check_held(out_uri: str, cfg: StorageConfig | None = None) -> None:

@@ -41,10 +41,7 @@ def plan(cfg: EmbedConfig) -> pa.Table:
     parts = []
     for table in _sources(cfg):
         base = storage.join(cfg.input, table)
-        loc = storage.filesystem_for(base, cfg.storage)
-        files = [storage.uri_of(loc, f.path) for f in storage.list_files(base, cfg.storage, suffix=".parquet",
-                                                                          recursive=False)
-                 if f.base_name.startswith("part-")]
+        files = storage.part_files(base, cfg.storage)
         if not files:
             raise FileNotFoundError(f"no {table}/part-*.parquet under {cfg.input} (is it a preprocess output?)")
         for uri in files:

@@ -32,11 +32,8 @@ SPLITS = ("train", "val", "test")
 
 
 def part_files(base: str, cfg: StorageConfig) -> list[str]:
-    """Sorted URIs of the ``part-*.parquet`` shards directly under ``base``."""
-    loc = storage.filesystem_for(base, cfg)
-    return sorted(storage.uri_of(loc, f.path) for f in storage.list_files(base, cfg, suffix=".parquet",
-                                                                          recursive=False)
-                  if f.base_name.startswith("part-"))
+    """Sorted URIs of the committed ``part-*.parquet`` shards of ``base`` (storage.part_files)."""
+    return storage.part_files(base, cfg)
 
 
 def load_rows(uri: str, tasks: tuple[str, ...], cfg: StorageConfig, extra: tuple[str, ...] = (),

@@ -50,7 +50,8 @@ class Api:
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
+            detail = exc.read()[:300].decode(errors="replace")
+            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
 
     def rayjobs(self, name: str = "") -> str:
         return f"/apis/ray.io/v1/namespaces/{self.ns}/rayjobs" + (f"/{name}" if name else "")
