@@ -193,3 +193,15 @@ def _wait(client, job_id: str, timeout: float = JOB_TIMEOUT_S) -> tuple[str, flo
     pytest.fail(f"job {job_id} not done after {timeout} s; logs:\n{client.get_job_logs(job_id)[-4000:]}")
 
 
+def tiny_classifier_inputs(tmp_path: Path) -> tuple[str, Path]:
+    """(labelled manifest, MobileNetV2 state-dict file) for a seconds-long classifier job: the file
+    stands in for torchvision's ImageNet download (same keys and shapes)."""
+    import torch
+    import torchvision.models as tvm
+
+    from artextract.synthetic_styles import write_labelled_collection
+
+    manifest = write_labelled_collection(str(tmp_path / "styles"), per_style=8, size=40)
+    weights = tmp_path / "mobilenet_v2.pth"
+    torch.save(tvm.mobilenet_v2(weights=None).state_dict(), weights)
+    return manifest, weights

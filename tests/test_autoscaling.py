@@ -14,9 +14,8 @@ import time
 import urllib.request
 
 import pytest
-import torch
 
-from rayhead import REPO, _head, _submit, _wait
+from rayhead import REPO, _head, _submit, _wait, tiny_classifier_inputs
 
 pytestmark = pytest.mark.slow
 # A CPU type too, as every cloud config has (cpu_preprocess): a CPU job's pending tasks make the
@@ -101,14 +100,8 @@ def test_gpu_embed_job_launches_a_gpu_node_from_zero_and_runs_there(autoscaling_
 def test_gpu_training_config_asks_for_gpu_workers(autoscaling_head, preprocessed, tmp_path):
     """One step of configs/wikiart_classifier_gpu.yaml: its worker asks for a GPU and runs on the gpu
     node (gloo: the fake node has no CUDA for NCCL)."""
-    import torchvision.models as tvm
-
-    from artextract.synthetic_styles import write_labelled_collection
-
     client = autoscaling_head[0]
-    manifest = write_labelled_collection(str(tmp_path / "styles"), per_style=8, size=40)
-    weights = tmp_path / "mobilenet_v2.pth"
-    torch.save(tvm.mobilenet_v2(weights=None).state_dict(), weights)
+    manifest, weights = tiny_classifier_inputs(tmp_path)
     run = tmp_path / "run"
     job = _submit(client, f"jobs/train_classifier.py --config {REPO / 'configs' / 'wikiart_classifier_gpu.yaml'} "
                           f"--input {manifest} --out {run} --workers 1 model.weights={weights} "

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from rayhead import CLUSTER, REPO, _head, _submit, _wait
+from rayhead import CLUSTER, REPO, _head, _submit, _wait, tiny_classifier_inputs
 
 
 def _cluster_yamls() -> list[Path]:
@@ -192,13 +192,7 @@ def test_submitted_classifier_training_with_two_workers(ray_head, tmp_path):
     tolerate the backbone's missing gradients), EMA weights in the checkpoint; then evaluate."""
     import math
 
-    import torchvision.models as tvm
-
-    from artextract.synthetic_styles import write_labelled_collection
-
-    manifest = write_labelled_collection(str(tmp_path / "styles"), per_style=8, size=40)
-    weights = tmp_path / "mobilenet_v2.pth"  # stands in for torchvision's download: same keys and shapes
-    torch.save(tvm.mobilenet_v2(weights=None).state_dict(), weights)
+    manifest, weights = tiny_classifier_inputs(tmp_path)
     run = tmp_path / "run"
     job = _submit(ray_head, f"jobs/train_classifier.py --config {REPO / 'configs' / 'wikiart_classifier_pretrained.yaml'} "
                             f"--input {manifest} --out {run} --workers 2 model.weights={weights} "
