@@ -258,15 +258,20 @@ def publish_parts(uri: str, tables: list[pa.Table], cfg: StorageConfig | None = 
     the new one at once: new shards under names no reader uses yet, then ``_parts.json`` naming them
     (one atomic put), then the old shards are deleted. A crash before the marker leaves the old set
     in force; its stray new shards are removed by the next publish. Returns the shard URIs."""
+    marker = join(uri, PARTS_MARKER)
     before = {posixpath.basename(u) for u in part_files(uri, cfg)}
     loose = {f.base_name for f in list_files(uri, cfg, suffix=".parquet", recursive=False)
              if f.base_name.startswith("part-")}
+    if not exists(marker, cfg):
+        # No set recorded yet: pin what readers see now (the plain shards, or nothing) before any
+        # new shard lands beside them, so neither a reader nor a crash mixes the two.
+        write_text(marker, json.dumps({"parts": sorted(before), "rows": None}), cfg)
     # The first set in an empty place keeps the plain names; a rewrite gets names of its own.
     tag = "" if not loose else f"-g{time.time_ns():x}{uuid.uuid4().hex[:6]}"
     names = [f"part-{i:05d}{tag}.parquet" for i in range(len(tables))]
     for name, table in zip(names, tables):
         write_parquet(join(uri, name), table, cfg)
-    write_text(join(uri, PARTS_MARKER), json.dumps({"parts": names, "rows": sum(len(t) for t in tables)}), cfg)
+    write_text(marker, json.dumps({"parts": names, "rows": sum(len(t) for t in tables)}), cfg)
     for name in sorted((before | loose) - set(names)):
         delete_file(join(uri, name), cfg)
     return [join(uri, n) for n in names]
@@ -281,11 +286,17 @@ def read_parquet(uri: str, cfg: StorageConfig | None = None, columns: list[str] 
         raise FileNotFoundError(f"no parquet file or directory at {uri}")
     if info.type == pafs.FileType.File:
         return _read_parquet_file(loc, loc.path, columns, cfg)
-    files = [filesystem_for(u, cfg).path for u in part_files(uri, cfg)]
-    if not files:
-        raise FileNotFoundError(f"no parquet shards under {uri}")
-    tables = [_read_parquet_file(loc, p, columns, cfg) for p in sorted(files)]
-    return pa.concat_tables(tables, promote_options="default")
+    for attempt in range(2):
+        files = [filesystem_for(u, cfg).path for u in part_files(uri, cfg)]
+        if not files:
+            raise FileNotFoundError(f"no parquet shards under {uri}")
+        try:
+            tables = [_read_parquet_file(loc, p, columns, cfg) for p in sorted(files)]
+            return pa.concat_tables(tables, promote_options="default")
+        except FileNotFoundError:
+            if attempt:  # a publish replaced the set while we read it: read the new one once
+                raise
+    raise AssertionError("unreachable")
 
 
 def _read_parquet_file(loc: Location, path: str, columns: list[str] | None, cfg: StorageConfig | None) -> pa.Table:

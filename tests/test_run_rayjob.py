@@ -128,10 +128,11 @@ def test_a_failed_submission_or_job_fails_at_once(run, capsys, status, says):
     assert says in capsys.readouterr().err
 
 
-def test_gives_up_after_its_timeout(run, capsys):
-    rc, _, wall = run([{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}], "--timeout-s", "0.5")
-    assert rc == 1 and 0.5 <= wall < 30
-    assert "not finished after 0.5 s" in capsys.readouterr().err
+def test_gives_up_after_its_timeout_and_stops_the_rayjob(run, capsys):
+    rc, kube, wall = run([{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}], "--timeout-s", "0.5")
+    err = capsys.readouterr().err
+    assert rc == 1 and 0.5 <= wall < 30 and "not finished after 0.5 s" in err
+    assert "artextract-reindex-20261202" not in kube.jobs and "deleted (its Ray job stopped)" in err
 
 
 def test_rerun_the_same_day_replaces_that_days_rayjob(run, capsys):

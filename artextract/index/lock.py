@@ -17,6 +17,8 @@ that died. Every decision reads the record, never the caller's own idea of "stal
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -33,7 +35,6 @@ from artextract.config import StorageConfig
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 600.0
 LEGACY_LEASE_S = 3600.0  # records written before leases: stale an hour after creation
-GUARD_STALE_S = 30.0  # a local swap guard this old belongs to a writer that died mid-swap
 _HELD: dict[str, "Lease"] = {}  # out_uri -> the lease this process holds on it
 _HELD_LOCK = threading.Lock()
 
@@ -55,16 +56,12 @@ def _create(uri: str, body: bytes, cfg: StorageConfig | None) -> bool:
     """Create the lock object only if absent; False when it already exists."""
     loc = storage.filesystem_for(uri, cfg)
     if not loc.is_s3:
-        # The record is written to a private file and linked into place: link fails if the lock
-        # exists, and the lock never exists empty (a reader would take it for a crashed writer's).
-        os.makedirs(os.path.dirname(loc.path), exist_ok=True)
-        tmp = _private_copy(loc.path, body)
-        try:
-            os.link(tmp, loc.path)
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        # Under the swap guard: absent -> write it whole (a private file renamed into place), so
+        # the lock never exists empty or half-written.
+        with _guard(loc.path):
+            if os.path.exists(loc.path):
+                return False
+            os.replace(_private_copy(loc.path, body), loc.path)
         return True
     from botocore.exceptions import ClientError
 
@@ -136,21 +133,15 @@ def _replace(uri: str, seen: dict[str, Any], etag: str | None, body: bytes, cfg:
                 return False
             raise
         return True
-    # Local: compare-and-swap under a short-lived guard file, so the lock path is never empty (a
-    # breaker that moved a fresh lock aside let a third writer create its own: two winners) and
-    # only one writer at a time compares and replaces.
-    guard = f"{loc.path}.swap"
-    if not _take_guard(guard):
-        return False
-    try:
+    # Local: a compare-and-swap under the swap guard, so the lock path is never empty (a breaker
+    # that moved a fresh lock aside to compare it let a third writer create its own: two winners)
+    # and only one writer at a time compares and replaces.
+    with _guard(loc.path):
         now, _ = _read(uri, cfg)
         if now is None or (now.get("token"), now.get("created")) != (seen.get("token"), seen.get("created")):
             return False
-        tmp = _private_copy(loc.path, body)
-        os.replace(tmp, loc.path)  # atomic overwrite: readers see the old record or the new one
+        os.replace(_private_copy(loc.path, body), loc.path)  # readers see the old record or the new
         return True
-    finally:
-        os.unlink(guard)
 
 
 def _private_copy(path: str, body: bytes) -> str:
@@ -160,25 +151,18 @@ def _private_copy(path: str, body: bytes) -> str:
     return tmp
 
 
-def _take_guard(guard: str) -> bool:
-    """Create ``guard`` exclusively; a guard older than GUARD_STALE_S (its holder died mid-swap,
-    which takes milliseconds) is removed once and retried. False: another writer is swapping."""
-    for attempt in range(2):
-        try:
-            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            return True
-        except FileExistsError:
-            try:
-                stale = time.time() - os.stat(guard).st_mtime > GUARD_STALE_S
-            except FileNotFoundError:
-                continue  # released meanwhile: try again
-            if not stale or attempt:
-                return False
-            try:
-                os.unlink(guard)
-            except FileNotFoundError:
-                pass
-    return False
+@contextmanager
+def _guard(path: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<LOCK>.swap``, held for the milliseconds of one check-and-write
+    of a local lock. The kernel drops it when its holder dies, so it never goes stale; the file
+    itself stays (removing it would let two writers lock two different files)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(f"{path}.swap", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def acquire(out_uri: str, cfg: StorageConfig | None = None, owner: str = "", force: bool = False,
@@ -236,10 +220,14 @@ def check_held(out_uri: str, cfg: StorageConfig | None = None) -> None:
 
 
 def release(out_uri: str, token: str, cfg: StorageConfig | None = None) -> None:
-    """Remove the lock if it is still ours."""
-    held = read_lock(out_uri, cfg)
-    if held and held.get("token") == token:
-        storage.delete_file(_lock_uri(out_uri), cfg)
+    """Remove the lock if it is still ours (locally under the swap guard: a breaker's new lock
+    written between our check and the delete must not be the one deleted)."""
+    uri = _lock_uri(out_uri)
+    loc = storage.filesystem_for(uri, cfg)
+    with (_guard(loc.path) if not loc.is_s3 else contextlib.nullcontext()):
+        held = read_lock(out_uri, cfg)
+        if held and held.get("token") == token:
+            storage.delete_file(uri, cfg)
 
 
 class Lease:

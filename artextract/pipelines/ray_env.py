@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from typing import Iterator
 
@@ -79,9 +80,13 @@ def _autoscaler_limits(ray) -> tuple[bool, dict[str, float] | None]:
         status = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}")
     except Exception:  # noqa: BLE001
         status = {}
-    # Every Ray runs a monitor that publishes this status; only one with an autoscaling config (a
-    # launcher or KubeRay cluster) reports on an autoscaler, i.e. can add nodes.
-    return bool(limits) or "autoscaler_report" in status, limits
+    # Every Ray runs a monitor that publishes this status. Without an autoscaling config (a local
+    # ray.init, a plain `ray start --head`) it reports no autoscaler, or a read-only one whose node
+    # types are the nodes themselves ("node_<id>"); a launcher or KubeRay cluster names its types.
+    report = status.get("autoscaler_report") or {}
+    types = set(report.get("active_nodes") or {}) | set((report.get("node_type_mapping") or {}).values())
+    can_add = any(not re.fullmatch(r"node_[0-9a-f]+", t) for t in types)
+    return bool(limits) or can_add, limits
 
 
 def _describe(bundle: dict[str, float]) -> str:

@@ -38,20 +38,28 @@ class Api:
         self.base, self.token, self.ns = base.rstrip("/"), token, namespace
         self.ctx = ssl.create_default_context(cafile=ca_file) if base.startswith("https") else None
 
-    def call(self, method: str, path: str, body: dict | None = None) -> dict | None:
-        """JSON in, JSON out; None on 404."""
-        req = urllib.request.Request(f"{self.base}{path}", method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {self.token}",
-                                              "Content-Type": "application/json", "Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30, context=self.ctx) as resp:
-                return json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            detail = exc.read()[:300].decode(errors="replace")
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+    def call(self, method: str, path: str, body: dict | None = None, attempts: int = 5) -> dict | None:
+        """JSON in, JSON out; None on 404. An API server restart or a 429/5xx during a 20 h wait is
+        retried with backoff (``attempts`` tries), not taken for the job's failure."""
+        for attempt in range(attempts):
+            req = urllib.request.Request(f"{self.base}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": "application/json", "Accept": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30, context=self.ctx) as resp:
+                    return json.loads(resp.read() or b"{}")
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return None
+                detail = exc.read()[:300].decode(errors="replace")
+                if exc.code not in (429, 500, 502, 503, 504) or attempt == attempts - 1:
+                    raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+            except urllib.error.URLError as exc:
+                if attempt == attempts - 1:
+                    raise RuntimeError(f"{method} {path}: {exc.reason}") from None
+            time.sleep(min(30.0, 2.0 ** attempt))
+        raise AssertionError("unreachable")
 
     def rayjobs(self, name: str = "") -> str:
         return f"/apis/ray.io/v1/namespaces/{self.ns}/rayjobs" + (f"/{name}" if name else "")
@@ -75,8 +83,8 @@ def _replace(api: Api, name: str, wait_s: float, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
-def wait(api: Api, name: str, timeout_s: float, poll_s: float) -> tuple[bool, str]:
-    """(succeeded, what happened) once the RayJob is terminal or ``timeout_s`` has passed."""
+def wait(api: Api, name: str, timeout_s: float, poll_s: float) -> tuple[bool | None, str]:
+    """(succeeded, what happened) once the RayJob is terminal; (None, ...) after ``timeout_s``."""
     deadline, last = time.monotonic() + timeout_s, ""
     while True:
         job = api.call("GET", api.rayjobs(name))
@@ -98,7 +106,7 @@ def wait(api: Api, name: str, timeout_s: float, poll_s: float) -> tuple[bool, st
         if deploy == "Complete":  # finished without a SUCCEEDED job status
             return False, f"rayjob {name}: complete with job status {status or 'unknown'} {why}".strip()
         if time.monotonic() > deadline:
-            return False, f"rayjob {name}: not finished after {timeout_s:g} s ({now})"
+            return None, f"rayjob {name}: not finished after {timeout_s:g} s ({now})"
         time.sleep(poll_s)
 
 
@@ -129,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.manifest}: not a RayJob manifest", file=sys.stderr)
         return 2
     meta = job.setdefault("metadata", {})
+    label = meta.setdefault("labels", {}).setdefault("artextract.io/job", meta["name"])
     name = f"{meta['name']}-{args.suffix or dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d')}"
     meta["name"] = name
-    label = meta.get("labels", {}).get("artextract.io/job", meta["name"])
     try:
         api = _in_cluster(args)
         _replace(api, name, wait_s=300, poll_s=min(args.poll_s, 5))
@@ -139,8 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rayjob {name} created", flush=True)
         ok, what = wait(api, name, args.timeout_s, args.poll_s)
         print(what, file=sys.stdout if ok else sys.stderr, flush=True)
-        for old in prune(api, label, args.keep):
-            print(f"rayjob {old} deleted (older than the newest {args.keep})")
+        if ok is None:
+            # Stop it: a run past its night would overlap the next one (Forbid ends with this pod).
+            api.call("DELETE", api.rayjobs(name), {"propagationPolicy": "Foreground"})
+            print(f"rayjob {name} deleted (its Ray job stopped)", file=sys.stderr, flush=True)
+        try:
+            for old in prune(api, label, args.keep):
+                print(f"rayjob {old} deleted (older than the newest {args.keep})")
+        except RuntimeError as exc:  # housekeeping: never what decides the night's exit code
+            print(f"run_rayjob: could not prune old RayJobs: {exc}", file=sys.stderr)
     except (RuntimeError, OSError, KeyError) as exc:
         print(f"run_rayjob: {exc}", file=sys.stderr)
         return 1
