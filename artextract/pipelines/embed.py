@@ -23,7 +23,7 @@ from artextract import console, storage
 from artextract.config import EmbedConfig, StorageConfig
 from artextract.manifest import shard_name
 from artextract.pipelines import shards
-from artextract.pipelines.ray_env import capacity, cluster_counts, init_ray
+from artextract.pipelines.ray_env import actor_device, capacity, cluster_counts, gpu_pool, init_ray
 from artextract.runinfo import JobRun
 from artextract.stages.embed import EmbedStage, model_version_of
 
@@ -132,9 +132,7 @@ def _run_ray(cfg: EmbedConfig, work: pa.Table) -> tuple[int, float]:
     res = cfg.resources.embed
     n_blocks = len(np.unique(work["chunk"].to_numpy()))
     if res.num_gpus > 0:
-        # GPU actors: an autoscaling pool from 1 (what a cold cluster must launch first) to the
-        # declared size, else as many as the GPUs the cluster has now hold.
-        low, high = 1, cfg.actors or max(1, int(gpus // res.num_gpus))
+        low, high = gpu_pool(cfg.actors, gpus, res.num_gpus)
     else:
         low = high = cfg.actors or max(1, int((cpus - cfg.resources.read.num_cpus) // res.num_cpus))
     high = min(high, n_blocks)  # more actors than blocks would only idle (and Ray Data warns about it)
@@ -158,10 +156,7 @@ def _run_graph(ray, cfg: EmbedConfig, work: pa.Table, low: int, high: int) -> tu
     ds = ds.map_batches(read_jpegs, fn_kwargs={"storage_cfg": cfg.storage}, batch_size=None,
                         batch_format="pyarrow", **cfg.resources.read.options())
     log.info("embed: %s actors, each %s", low if low == high else f"{low}-{high}", res.bundle())
-    # With a GPU declared the device is the actor's own decision (auto = CUDA when torch sees the GPU
-    # Ray gave it), so a GPU actor on a node whose driver does not work says so and runs on its CPU;
-    # without one, auto is the CPU even where the node has a GPU Ray did not give this actor.
-    device = "cpu" if cfg.device == "auto" and res.num_gpus == 0 else cfg.device
+    device = actor_device(cfg.device, res.num_gpus)
     ds = ds.map_batches(EmbedStage, fn_constructor_args=(cfg.model, cfg.image_size, device, cfg.batch_size,
                                                          cfg.dim, cfg.seed, cfg.storage,
                                                          None if res.num_gpus > 0 else cfg.torch_threads),

@@ -18,7 +18,7 @@ from artextract import console, manifest as mf
 from artextract import storage
 from artextract.config import FacesConfig, PreprocessConfig, Resources
 from artextract.pipelines import shards
-from artextract.pipelines.ray_env import capacity, cluster_counts, init_ray
+from artextract.pipelines.ray_env import actor_device, capacity, cluster_counts, gpu_pool, init_ray
 from artextract.runinfo import JobRun
 from artextract.stages.faces import FaceStage
 from artextract.stages.read import ReadDecodeStage
@@ -69,21 +69,16 @@ class ReadDecodeFaceStage:
 
 
 def _faces(cfg: PreprocessConfig) -> FacesConfig:
-    """The detector settings an actor gets: device auto means the CPU unless a GPU is declared (a
-    node's GPU that Ray did not give this actor belongs to another one)."""
-    if cfg.faces.device == "auto" and cfg.resources.detector.num_gpus == 0:
-        return cfg.faces.model_copy(update={"device": "cpu"})
-    return cfg.faces
+    """The detector settings an actor gets (its device: ray_env.actor_device)."""
+    return cfg.faces.model_copy(update={"device": actor_device(cfg.faces.device, cfg.resources.detector.num_gpus)})
 
 
 def _pools(cfg: PreprocessConfig, cpus: float, gpus: float, n_blocks: int, n_images: int) -> tuple[bool, int, int]:
     """(fuse decode into the detectors, smallest and largest detector pool) from the declared resources."""
     det, dec = cfg.resources.detector, cfg.resources.decode
-    if det.num_gpus > 0:
-        # GPU detectors: an autoscaling pool from 1 (what a cold cluster must launch first) to the
-        # declared size, else as many as the GPUs the cluster has now hold.
-        top = cfg.detector_actors or max(1, int(gpus // det.num_gpus))
-        return False, 1, max(1, min(top, n_blocks))
+    if det.num_gpus > 0:  # GPU detectors get a decode pool of their own
+        low, high = gpu_pool(cfg.detector_actors, gpus, det.num_gpus)
+        return False, low, max(1, min(high, n_blocks))
     # Measured on 2 cores (docs/benchmarks.md): one single-threaded detector per core beats one
     # multi-threaded detector; small detector batches keep the actors evenly loaded.
     fuse = cfg.fuse_decode

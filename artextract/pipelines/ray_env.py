@@ -57,6 +57,19 @@ def cluster_counts(ray) -> tuple[float, float]:
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
 
 
+def gpu_pool(declared: int, gpus: float, per_actor: float) -> tuple[int, int]:
+    """(smallest, largest) GPU actor pool: from 1 (what a cold cluster must launch first) to the
+    declared size, else to as many as the GPUs the cluster has now hold."""
+    return 1, declared or max(1, int(gpus // per_actor))
+
+
+def actor_device(device: str, num_gpus: float) -> str:
+    """The device a stage is built with: with a GPU declared, ``auto`` stays the actor's own
+    decision (CUDA when torch sees the GPU Ray gave it, else the CPU, said so); without one, auto is
+    the CPU even on a node whose GPU Ray gave to another actor."""
+    return "cpu" if device == "auto" and num_gpus == 0 else device
+
+
 class ResourcesUnavailable(RuntimeError):
     """A job declared resources (a GPU per actor, say) that no node has and none will join."""
 
