@@ -45,6 +45,7 @@ def test_median_run_ignores_failures() -> None:
 def test_index_bench_writes_section(tmp_path: Path) -> None:
     """The index harness at a tiny size: its one section replaces the old one (whatever size that
     was run at) with every table row; quality checks only, no timings."""
+    from artextract.bench import index_compressed
     from artextract.bench.index import ivf_variants, main as index_main
 
     out = tmp_path / "benchmarks.md"
@@ -62,15 +63,21 @@ def test_index_bench_writes_section(tmp_path: Path) -> None:
     section = text.split("## Index (sharded FAISS, 10k x 16)")[1].split("\n## ")[0]
     tables = [[[c.strip() for c in ln.strip("|").split("|")] for ln in block.splitlines()[2:]]
               for block in section.split("\n\n") if block.startswith("| ")]
-    exact, ivf, reindex = tables[:3]
+    exact, ivf, compressed, reindex = tables[:4]
     assert [(r[0], r[1]) for r in exact] == [("Flat", "1"), ("Flat", "4")]
     assert all(float(r[4]) >= 0.99 for r in exact)  # the Flat index is exact
     expected = [(f, str(s), str(p)) for f, sweep, shards in ivf_variants(10000, 16) for s in shards for p in sweep]
     assert [(r[0], r[1], r[2]) for r in ivf] == expected
     assert all(0.0 <= float(r[5]) <= 1.0 and r[9] in ("yes", "no") for r in ivf)
-    assert [r[0] for r in reindex] == ["Flat", *[v[0] for v in ivf_variants(10000, 16)[1:]]]
+    assert [r[0] for r in reindex] == ["Flat", *[v[0] for v in ivf_variants(10000, 16)[1:]], "IVF512,PQ8x4fs,RFlat"]
+    # every compressed type, each refine store it is read with; re-ranking lifts recall over plain PQ
+    assert sorted({(r[0], r[1]) for r in compressed}) == sorted(
+        (f, s) for f, stores in index_compressed.variants(512, 16) for s in stores)
+    tuned = {r[0]: float(r[8]) for r in compressed if r[3].endswith("(tuned)")}
+    assert tuned["IVF512,PQ8x4fs,RFlat"] > tuned["IVF512,PQ4x4fs"]
+    assert all(r[13] in ("yes", "no") for r in compressed) and "**2b. Compressed indexes**" in section
     # Flat: the update's delta segments give the rebuild's neighbours; every type: compaction changes nothing
     assert reindex[0][5] == "4/4" and float(reindex[0][10]) >= 0.99
     assert all(r[11] == "100.0%" for r in reindex)
     assert "Goal recall@10 >= 0.95" in section and "Goal update <= 5%" in section
-    assert "No GPU was available" in section or len(tables) == 4
+    assert "No GPU was available" in section or len(tables) == 5

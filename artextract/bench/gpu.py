@@ -155,7 +155,7 @@ def bench_embed(device: torch.device, n: int, side: int, batch: int, compile_mod
 def bench_knn(device: torch.device, n: int, dim: int, q: int, k: int = 10) -> dict[str, Any]:
     """Exact top-k: torch matmul+topk with the database resident on the device, and through
     ``torch_exact_search`` (which uploads the numpy database per call); faiss-gpu when present."""
-    from artextract.index.search import torch_exact_search
+    from artextract.index.exact import torch_exact_search
 
     rng = np.random.default_rng(0)
     xb = rng.standard_normal((n, dim), dtype=np.float32)

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from artextract import storage
+from artextract.bench import index_compressed
 from artextract.bench.index_report import section, write_section
 from artextract.bench.preprocess import git_commit, machine
 from artextract.index import IndexReader, build_index, exact_search, torch_exact_search, update_index
@@ -63,9 +64,11 @@ def ivf_variants(n: int, dim: int) -> list[tuple[str, tuple[int, ...], tuple[int
 
 
 def reindex_variants(n: int, dim: int) -> list[tuple[str, int]]:
-    """(factory, nprobe) compared for update vs rebuild, at 4 shards: Flat, the large IVF-Flat and IVF-PQ."""
+    """(factory, nprobe) compared for update vs rebuild, at 4 shards: Flat, the large IVF-Flat, IVF-PQ and
+    the default compressed type (fast-scan + exact re-ranking; nprobe 0 = the one its build tuned)."""
     large = nlists(n)[1]
-    return [("Flat", 0), (f"IVF{large},Flat", max(1, large // 64)), (pq(large, dim), max(1, large // 64))]
+    return [("Flat", 0), (f"IVF{large},Flat", max(1, large // 64)), (pq(large, dim), max(1, large // 64)),
+            (f"IVF{large},PQ{dim // 2}x4fs,RFlat", 0)]
 
 
 class Log:
@@ -145,7 +148,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, work: Path, log: Log):
         self.args, self.work, self.log = args, work, log
-        self.res: dict[str, Any] = {"exact": [], "ivf": [], "reindex": [], "phases": {}}
+        self.res: dict[str, Any] = {"exact": [], "ivf": [], "compressed": [], "reindex": [], "phases": {}}
 
     def phase(self, name: str, t0: float) -> None:
         self.res["phases"][name] = round(time.perf_counter() - t0, 1)
@@ -243,6 +246,8 @@ class Bench:
             t = time.perf_counter()
             mu = update_index(out, add_embeddings=added, remove_keys=removed)
             upd = time.perf_counter() - t
+            nprobe = nprobe or int(mu["nprobe"]) if "IVF" in factory else nprobe
+            kf = (mu.get("refine") or {}).get("k_factor")  # both searched at the update's k_factor
             out2, _, full = self.build(factory, 4, nprobe, new_emb, out.rsplit("/", 1)[1] + "-rebuild")
             # Readers merge delta segments at load: that cost moves from the writer to every reader.
             t = time.perf_counter()
@@ -251,15 +256,16 @@ class Bench:
             t = time.perf_counter()
             reader_r = IndexReader(out2)
             load_r = time.perf_counter() - t
-            ids_u = reader_u.search_ids(q, K, nprobe or None)[1]
-            ids_r = reader_r.search_ids(q, K, nprobe or None)[1]
+            ids_u = reader_u.search_ids(q, K, nprobe or None, kf)[1]
+            ids_r = reader_r.search_ids(q, K, nprobe or None, kf)[1]
             del reader_u, reader_r
             t = time.perf_counter()
             mc = update_index(out, compact=True)
             compact_s = time.perf_counter() - t
-            ids_c = IndexReader(out).search_ids(q, K, nprobe or None)[1]
+            ids_c = IndexReader(out).search_ids(q, K, nprobe or None, kf)[1]
             u = mu["update"]
-            written = sum(e["delta"]["bytes"] for e in mu["shards"] if e.get("delta"))
+            written = sum(e["delta"]["bytes"] + (e["delta"].get("refine") or {}).get("bytes", 0)
+                          for e in mu["shards"] if e.get("delta"))  # + the delta's re-ranking codes
             row = {"factory": factory, "nprobe": nprobe, "update_s": upd, "rebuild_s": full, "ratio": upd / full,
                    "delta": len(u["delta_shards"]), "compacted": len(u["compacted_shards"]),
                    "shards": mu["num_shards"], "delta_bytes": written, "load_update_s": load_u,
@@ -344,6 +350,7 @@ def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> i
         bench.prepare()
         bench.exact()
         bench.ivf()
+        index_compressed.run(bench, throughput, recall, {f for f, _ in reindex_variants(args.n, args.dim)})
         bench.reindex()
         bench.gpu()
     finally:

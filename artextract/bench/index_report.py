@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from artextract.bench import index_compressed
 from artextract.bench.preprocess import write_doc
 
 SECTION_PREFIX = "Index (sharded FAISS"
@@ -102,7 +103,9 @@ def section(res: dict[str, Any], meta: dict[str, Any]) -> str:
         out.append(f"| {r['factory']} | {r['shards']} | {r['nprobe']} | {r['build_s']:.1f} | {_mib(r['bytes'])} | "
                    f"{r['recall']:.4f} | {r['qps']:.0f} | {r['speedup']:.1f} | {r['qps_1']:.0f} | "
                    f"{'yes' if r['goal'] else 'no'} |")
-    out += ["", _verdict_ivf(res["ivf"], meta["goal_recall"], meta["goal_speedup"]), "",
+    out += ["", _verdict_ivf(res["ivf"], meta["goal_recall"], meta["goal_speedup"])]
+    out += index_compressed.markdown(res, meta)
+    out += ["",
             f"**3. Reindex +1% vs full rebuild** — from the published {n}-vector 4-shard build, `update_index` adds "
             f"{meta['added']} new keys and removes {meta['removed']} (timed); a full `build_index` of the resulting "
             f"{res['reindex'][0]['total'] if res['reindex'] else '?'} vectors from their parquet shards (timed). "

@@ -141,7 +141,53 @@ class DemoConfig(Strict):
     ray: RayConfig = RayConfig()
 
 
-class IndexBuildConfig(Strict):
+class IndexTypeOptions(Strict):
+    """How a build chooses the faiss index type and its search parameters (build and reindex)."""
+
+    factory: str | None = Field(None, description="faiss factory string, optionally ending in a re-ranking "
+                                "stage ',RFlat' or ',Refine(SQfp16)' (artextract/index/refine.py); None = Flat "
+                                "below flat_threshold, IVF{4*sqrt(n)},Flat below compress_threshold, else "
+                                "IVF{4*sqrt(n)},PQ{d/2}x4fs,RFlat")
+    metric: Literal["ip", "l2"] = "ip"
+    nprobe: int | None = Field(None, ge=1, description="IVF nprobe recorded in index.json; None = tuned on the "
+                               "recall queries for target_recall")
+    k_factor: int | None = Field(None, ge=1, description="with a re-ranking stage: candidates re-scored per "
+                                 "result; None = tuned with nprobe")
+    target_recall: float = Field(0.95, gt=0, le=1, description="recall@10 the tuning aims at (fastest point "
+                                 "reaching it; when none does, the fastest within 0.005 of the best)")
+    refine_store: Literal["memory", "disk"] = Field(
+        "disk", description="where readers keep the re-ranking codes: memory-mapped from local disk (remote "
+        "indexes: a cached local copy in refine_cache) so RAM holds only the compressed codes, or in RAM")
+    flat_threshold: int = Field(50_000, ge=1)
+    compress_threshold: int = Field(4_000_000, ge=1, description="default factory is compressed from here on")
+    train_size: int = Field(100_000, ge=1, description="rows sampled to train the IVF quantizer once")
+    recall_queries: int = Field(200, ge=1, description="rows used as queries to measure recall@10")
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of index.build.build_index."""
+        return self.model_dump(include={"factory", "metric", "nprobe", "k_factor", "target_recall", "refine_store",
+                                        "flat_threshold", "compress_threshold", "train_size", "recall_queries"})
+
+
+class ReaderOptions(Strict):
+    """How a reader loads and searches the shards (search and serve)."""
+
+    nprobe: int | None = Field(None, ge=1, description="IVF nprobe; None = the one in index.json")
+    k_factor: int | None = Field(None, ge=1, description="re-ranking candidates per result; None = index.json's")
+    refine_store: Literal["memory", "disk"] | None = Field(None, description="override index.json's refine store")
+    refine_cache: str | None = Field(None, description="local directory for re-ranking codes of a remote index "
+                                     "with refine_store=disk; None = <tmp>/artextract-refine")
+    shard_memory_factor: float = Field(2.0, gt=0, description="Ray shard actors request this x their bytes "
+                                       "in RAM as Ray memory, so they are placed by memory")
+    verify: bool = Field(True, description="check shard sha256 against index.json while loading")
+
+    def reader_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of IndexReader / RayIndexReader (memory_factor: Ray only)."""
+        return {"nprobe": self.nprobe, "verify": self.verify, "k_factor": self.k_factor,
+                "store": self.refine_store, "cache_dir": self.refine_cache}
+
+
+class IndexBuildConfig(IndexTypeOptions):
     """``artextract index build``: embedding parquet shards -> a new published version of a sharded
     FAISS index under ``out`` (see artextract/index/versions.py for the layout)."""
 
@@ -149,15 +195,8 @@ class IndexBuildConfig(Strict):
                             "face_idx, vector, model_version)")
     out: Uri = Field("", description="index root URI (CURRENT, LOCK, versions/)")
     shards: int = Field(4, ge=1, description="rows go to shard id % shards")
-    factory: str | None = Field(None, description="faiss factory string; None = Flat below flat_threshold, "
-                                "else IVF{4*sqrt(n)},Flat")
-    metric: Literal["ip", "l2"] = "ip"
     parallel: Literal["local", "ray"] = Field("local", description="build shards in-process or as Ray tasks")
     keep: int = Field(3, ge=1, description="versions kept after publishing (the published one never pruned)")
-    nprobe: int = Field(16, ge=1, description="default IVF nprobe recorded in index.json")
-    flat_threshold: int = Field(50_000, ge=1)
-    train_size: int = Field(100_000, ge=1, description="rows sampled to train the IVF quantizer once")
-    recall_queries: int = Field(200, ge=1, description="rows used as queries to measure recall@10")
     seed: int = 0
     force_lock: bool = Field(False, description="break a LOCK whose lease expired (its writer crashed)")
     storage: StorageConfig = StorageConfig()
@@ -169,7 +208,7 @@ def _id_as_str(v: Any) -> Any:
     return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
-class SearchConfig(Strict):
+class SearchConfig(ReaderOptions):
     """``artextract search``: k-NN over a published index for a query vector file, an image_id or an
     image (its detected faces, else the whole painting, embedded with the index's model)."""
 
@@ -189,7 +228,6 @@ class SearchConfig(Strict):
     embeddings: OptUri = Field(None, description="with id: read the query vectors from these embedding "
                                    "shards instead of reconstructing them from the index")
     k: int = Field(10, ge=1, le=10_000)
-    nprobe: int | None = Field(None, ge=1, description="IVF nprobe; None = the one in index.json")
     out: Uri = Field("", description="output dir: results.json, grid.png, summary.json")
     manifest: OptUri = Field(None, description="ingest manifest URI to join metadata by image_id")
     metadata_columns: tuple[str, ...] = (
@@ -199,7 +237,6 @@ class SearchConfig(Strict):
                               "images from images/ (enables the thumbnail grid)")
     grid: bool = Field(True, description="write grid.png when faces= is given")
     thumb_px: int = Field(128, ge=16, le=1024, description="grid cell side")
-    verify: bool = Field(True, description="check shard sha256 against index.json while loading")
     pose: Literal["off", "filter", "rerank"] = Field(
         "off", description="similar poses: drop hits whose head pose is > pose_max_deg from the query face "
         "(filter) or order by score - pose_weight * distance/90 (rerank); needs faces=")

@@ -6,7 +6,8 @@ from typing import Literal
 from pydantic import Field
 
 from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
-from artextract.config.jobs import DecodeConfig, EmbedResources, FacesConfig, IngestFolderConfig, PreprocessResources
+from artextract.config.jobs import (DecodeConfig, EmbedResources, FacesConfig, IndexTypeOptions, IngestFolderConfig,
+                                    PreprocessResources)
 
 
 class ReindexPreprocessConfig(Strict):
@@ -36,16 +37,10 @@ class ReindexEmbedConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class ReindexIndexConfig(Strict):
+class ReindexIndexConfig(IndexTypeOptions):
     """Index settings used when the index is (re)built from scratch; updates keep the built ones."""
 
     shards: int = Field(4, ge=1)
-    factory: str | None = None
-    metric: Literal["ip", "l2"] = "ip"
-    nprobe: int = Field(16, ge=1)
-    flat_threshold: int = Field(50_000, ge=1)
-    train_size: int = Field(100_000, ge=1)
-    recall_queries: int = Field(200, ge=1)
     parallel: Literal["local", "ray"] = "local"
     seed: int = 0
 

@@ -6,12 +6,12 @@ from typing import Literal
 from pydantic import Field
 
 from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
-from artextract.config.jobs import DecodeConfig, FacesConfig
+from artextract.config.jobs import DecodeConfig, FacesConfig, ReaderOptions
 
 __all__ = ["ServeConfig"]
 
 
-class ServeConfig(Strict):
+class ServeConfig(ReaderOptions):
     """``artextract serve``: JSON API + search page over a published index."""
 
     index: Uri = Field("", description="index root URI (CURRENT, versions/)")
@@ -35,8 +35,6 @@ class ServeConfig(Strict):
                             "without a restart")
     reload_grace_s: float = Field(60.0, ge=0, description="after a reload the old version stays open this long, "
                                   "so requests that started on it finish (its Ray shard actors are then closed)")
-    nprobe: int | None = Field(None, ge=1, description="IVF nprobe; None = the one in index.json")
-    verify: bool = Field(True, description="check shard sha256 while loading")
     parallel: Literal["local", "ray"] = Field("local", description="shards in this process, or one Ray actor each")
     pose_max_deg: float = Field(20.0, gt=0, description="pose filter threshold (degrees)")
     pose_weight: float = Field(0.5, ge=0, description="pose re-rank penalty per 90 degrees")

@@ -4,7 +4,8 @@ Ray-free: the Ray task entry lives in ``artextract.index.ray_build`` and is impo
 """
 from artextract.index.build import build_index, choose_factory
 from artextract.index.lock import LockError
-from artextract.index.search import IndexReader, exact_search, torch_exact_search
+from artextract.index.exact import exact_search, torch_exact_search
+from artextract.index.search import IndexReader
 from artextract.index.update import update_index
 from artextract.index.versions import ChecksumError, current_version, key_id, prune, rollback
 

@@ -71,15 +71,15 @@ def run_build(cfg: IndexBuildConfig) -> dict[str, Any]:
 
         init_ray(cfg.ray)
         job.lap("ray_init")
-    manifest = build_index(cfg.embeddings, cfg.out, shards=cfg.shards, factory=cfg.factory, metric=cfg.metric,
-                           storage_cfg=cfg.storage, parallel=cfg.parallel, keep=cfg.keep, nprobe=cfg.nprobe,
-                           flat_threshold=cfg.flat_threshold, train_size=cfg.train_size,
-                           recall_queries=cfg.recall_queries, seed=cfg.seed, force_lock=cfg.force_lock)
+    manifest = build_index(cfg.embeddings, cfg.out, shards=cfg.shards, storage_cfg=cfg.storage,
+                           parallel=cfg.parallel, keep=cfg.keep, seed=cfg.seed, force_lock=cfg.force_lock,
+                           **cfg.build_kwargs())
     job.lap("build")
     version = int(manifest["version"])
     counts = {"vectors": manifest["total"], "shards": manifest["num_shards"], "per_shard": manifest["counts"],
               "dim": manifest["dim"], "metric": manifest["metric"], "factory": manifest["factory"],
-              "nprobe": manifest["nprobe"], "recall_at_10": manifest["recall_at_10"],
+              "nprobe": manifest["nprobe"], "k_factor": (manifest.get("refine") or {}).get("k_factor"),
+              "refine_store": (manifest.get("refine") or {}).get("store"), "recall_at_10": manifest["recall_at_10"],
               "recall_queries": manifest["recall_queries"], "version": version,
               "model_versions": manifest["model_versions"]}
     summary = job.finish(counts, version_dir=V.version_dir(cfg.out, version))
@@ -151,10 +151,11 @@ def open_reader(cfg: SearchConfig):
         from artextract.pipelines.ray_env import init_ray
 
         init_ray(cfg.ray)
-        return RayIndexReader(cfg.index, cfg.storage, nprobe=cfg.nprobe, verify=cfg.verify), FAN_OUT[mode]
+        return RayIndexReader(cfg.index, cfg.storage, memory_factor=cfg.shard_memory_factor,
+                              **cfg.reader_kwargs()), FAN_OUT[mode]
     from artextract.index.search import IndexReader
 
-    return IndexReader(cfg.index, cfg.storage, nprobe=cfg.nprobe, verify=cfg.verify), FAN_OUT[mode]
+    return IndexReader(cfg.index, cfg.storage, **cfg.reader_kwargs()), FAN_OUT[mode]
 
 
 def _vectors_from_embeddings(uri: str, keys: list[V.Key], cfg: StorageConfig) -> np.ndarray:
@@ -350,7 +351,7 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
         fetch = cfg.k * (cfg.pose_oversample if cfg.pose != "off" else 1)
         if cfg.copies:
             fetch = max(cfg.k, cfg.copies_shortlist)
-        scores, keys = reader.search(q, fetch, cfg.nprobe)
+        scores, keys = reader.search(q, fetch, cfg.nprobe, cfg.k_factor)
         job.lap("search")
     results = []
     for qi, (srow, krow) in enumerate(zip(scores, keys)):
@@ -376,7 +377,8 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
                                                   query_jpegs), cfg.storage)
         job.lap("grid")
     doc = {"index": cfg.index, "version": reader.version, "metric": reader.metric, "k": cfg.k,
-           "nprobe": cfg.nprobe or reader.nprobe, "factory": reader.manifest["factory"], "fan_out": fan_out,
+           "nprobe": cfg.nprobe or reader.nprobe, "k_factor": cfg.k_factor or reader.k_factor,
+           "factory": reader.manifest["factory"], "fan_out": fan_out,
            "score": "inner product (higher is better)" if reader.metric == "ip"
            else "squared L2 distance (lower is better)",
            "grid": grid_uri, "grid_note": note, "results": results}

@@ -142,11 +142,9 @@ def _publish(cfg: ReindexConfig, full: bool, added: pa.Table | None, removed: li
             raise ValueError(f"nothing to index: no {cfg.embed.what} found in {cfg.collection} "
                              "(see the quarantine counts)")
         b = cfg.build
-        return build_index(added, cfg.index, shards=b.shards, factory=b.factory, metric=b.metric,
-                           storage_cfg=cfg.storage, parallel=b.parallel, keep=cfg.keep, nprobe=b.nprobe,
-                           flat_threshold=b.flat_threshold, train_size=b.train_size,
-                           recall_queries=b.recall_queries, seed=b.seed, locked=True, extra=extra,
-                           before_publish=before_publish)
+        return build_index(added, cfg.index, shards=b.shards, storage_cfg=cfg.storage, parallel=b.parallel,
+                           keep=cfg.keep, seed=b.seed, locked=True, extra=extra, before_publish=before_publish,
+                           **b.build_kwargs())
     return update_index(cfg.index, added, removed, cfg.storage, keep=cfg.keep, locked=True, extra=extra,
                         before_publish=before_publish, compact_ratio=cfg.compact_ratio, compact=cfg.compact)
 

@@ -16,6 +16,10 @@ A shard entry in index.json then reads::
      "delta": {"index": ..., "ids": ..., "sha256": ..., "ids_sha256": ..., "count": 2500, "home": 4},
      "tombstones": {"ids": "shards/part-00003.tomb.parquet", "ids_sha256": ..., "count": 100, "home": 4}}
 
+With a re-ranking stage (refine.py) the base and the delta each carry a ``refine`` entry: their
+codes, one row per row of their id map; tombstones need none (a removed id never comes out of the
+index search, so its codes are never read).
+
 Readers load the base, ``remove_ids`` the tombstones and ``merge_from`` the delta in memory
 (:func:`load_live_index`), so every search path (CPU, GPU, Ray actors) sees one ordinary index.
 When delta + tombstones exceed ``compact_ratio`` of the base, the update compacts that shard into a
@@ -33,6 +37,7 @@ import pyarrow.parquet as pq
 
 from artextract import storage
 from artextract.config import StorageConfig
+from artextract.index import refine as R
 from artextract.index import versions as V
 
 def load_shard(out_uri: str, version: int, entry: dict[str, Any], cfg: StorageConfig | None = None,
@@ -132,6 +137,23 @@ def load_live_ids(out_uri: str, version: int, entry: dict[str, Any], cfg: Storag
     if entry.get("delta"):
         base = pa.concat_tables([base, load_ids(out_uri, version, entry["delta"], cfg, verify)])
     return base
+
+
+def load_live_codes(out_uri: str, version: int, entry: dict[str, Any], codec: faiss.Index,
+                    cfg: StorageConfig | None = None, store: str = "memory", verify: bool = True,
+                    cache_dir: str | None = None) -> R.RefineStore:
+    """The shard's live refine codes (refine.py), aligned with :func:`load_live_ids`' rows."""
+    base_ids = load_ids(out_uri, version, entry, cfg, verify)["id"].to_numpy()
+    codes = R.read_codes(out_uri, version, entry["refine"], cfg, store, verify, cache_dir)
+    if len(codes) != len(base_ids):
+        raise RuntimeError(f"shard {entry['shard']}: {len(codes)} refine codes for {len(base_ids)} ids")
+    dead = load_tombstones(out_uri, version, entry, cfg, verify)
+    segments = [(np.where(np.isin(base_ids, dead), -1, base_ids) if len(dead) else base_ids, codes)]
+    if entry.get("delta"):
+        d = entry["delta"]
+        segments.append((load_ids(out_uri, version, d, cfg, verify)["id"].to_numpy(),
+                         R.read_codes(out_uri, version, d["refine"], cfg, store, verify, cache_dir)))
+    return R.RefineStore(codec, segments)
 
 
 def load_live_index(out_uri: str, version: int, entry: dict[str, Any], cfg: StorageConfig | None = None,

@@ -19,14 +19,14 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from artextract import storage
 from artextract.config import StorageConfig
+from artextract.index import refine as R
 from artextract.index import versions as V
 from artextract.index import segments as S
 from artextract.index.build import ids_table, write_shard
 from artextract.index.lock import DEFAULT_LEASE_S, index_lock
 
-BASE_FIELDS = ("shard", "index", "ids", "sha256", "ids_sha256", "bytes", "home")
+BASE_FIELDS = ("shard", "index", "ids", "sha256", "ids_sha256", "bytes", "home", "refine")
 
 
 def _edit(index: faiss.Index, ids: pa.Table, drop: np.ndarray, add_vec: np.ndarray, add_ids: np.ndarray,
@@ -46,10 +46,31 @@ def _edit(index: faiss.Index, ids: pa.Table, drop: np.ndarray, add_vec: np.ndarr
     return ids_table(merged_ids, merged_img, merged_faces), removed
 
 
+def _edit_codes(ids: np.ndarray, codes: np.ndarray | None, drop: np.ndarray, add_ids: np.ndarray,
+                add_codes: np.ndarray | None) -> np.ndarray | None:
+    """The refine codes matching :func:`_edit`'s new id map (same rows kept, same id order)."""
+    if codes is None:
+        return None
+    keep = ~np.isin(ids, drop)
+    merged = np.concatenate([ids[keep], add_ids])
+    return np.concatenate([codes[keep], add_codes])[np.argsort(merged, kind="stable")]
+
+
+def _read_codes(out_uri: str, cur: int, entry: dict[str, Any] | None, codec: faiss.Index | None,
+                cfg: StorageConfig | None) -> np.ndarray | None:
+    if codec is None:
+        return None
+    if not entry:
+        return np.zeros((0, codec.sa_code_size()), np.uint8)
+    return np.asarray(R.read_codes(out_uri, cur, entry["refine"], cfg, "memory"))
+
+
 def _update_shard(out_uri: str, cur: int, version: int, entry: dict[str, Any], drop: np.ndarray,
                   add: tuple[np.ndarray, np.ndarray, list[str], np.ndarray], template: bytes,
-                  compact: bool, compact_ratio: float, cfg: StorageConfig | None) -> tuple[dict[str, Any], int, bool]:
-    """One touched shard: (new entry, rows removed, compacted?)."""
+                  compact: bool, compact_ratio: float, cfg: StorageConfig | None,
+                  codec: faiss.Index | None = None) -> tuple[dict[str, Any], int, bool]:
+    """One touched shard: (new entry, rows removed, compacted?). With a refine ``codec`` the added
+    vectors are encoded for the delta and codes follow every row edit."""
     base_ids = S.load_ids(out_uri, cur, entry, cfg)
     dead = S.load_tombstones(out_uri, cur, entry, cfg)
     base_drop = np.intersect1d(drop, np.setdiff1d(base_ids["id"].to_numpy(), dead))
@@ -60,6 +81,9 @@ def _update_shard(out_uri: str, cur: int, version: int, entry: dict[str, Any], d
     else:
         delta = faiss.deserialize_index(np.frombuffer(template, dtype=np.uint8))
         delta_ids = V.IDS_SCHEMA.empty_table()
+    add_codes = None if codec is None else R.encode(codec, add[0])
+    delta_codes = _edit_codes(delta_ids["id"].to_numpy(), _read_codes(out_uri, cur, entry.get("delta"), codec, cfg),
+                              drop, add[1], add_codes)
     delta_ids, removed = _edit(delta, delta_ids, drop, *add)
     removed += len(base_drop)
     base_count = int(entry.get("base_count", entry["count"]))
@@ -70,12 +94,20 @@ def _update_shard(out_uri: str, cur: int, version: int, entry: dict[str, Any], d
                         np.zeros(0, np.int16))
         base.merge_from(delta, 0)
         table = pa.concat_tables([live, delta_ids]).sort_by("id")
-        new = write_shard(out_uri, version, s, faiss.serialize_index(base).tobytes(), table, cfg)
+        codes = None
+        if codec is not None:
+            live_codes = _edit_codes(base_ids["id"].to_numpy(), _read_codes(out_uri, cur, entry, codec, cfg), dead,
+                                     np.zeros(0, np.int64), np.zeros((0, codec.sa_code_size()), np.uint8))
+            codes = _edit_codes(live["id"].to_numpy(), live_codes, np.zeros(0, np.int64), delta_ids["id"].to_numpy(),
+                                delta_codes)
+        new = write_shard(out_uri, version, s, faiss.serialize_index(base).tobytes(), table, cfg, codes)
         return {**new, "home": version, "base_count": new["count"]}, removed, True
-    new = {k: entry[k] for k in BASE_FIELDS}
+    new = {k: entry[k] for k in BASE_FIELDS if k in entry}
     new["base_count"] = base_count
     if len(delta_ids):
         new["delta"] = S.write_delta(out_uri, version, s, delta, delta_ids, cfg)
+        if delta_codes is not None:
+            new["delta"]["refine"] = R.write_codes(out_uri, version, R.codes_rel(s, delta=True), delta_codes, cfg)
     if len(dead):
         new["tombstones"] = S.write_tombstones(out_uri, version, s, dead, cfg)
     new["count"] = base_count - len(dead) + len(delta_ids)
@@ -120,6 +152,8 @@ def update_index(out_uri: str, add_embeddings: pa.Table | None = None,
             touched |= {int(e["shard"]) for e in old["shards"] if e.get("delta") or e.get("tombstones")}
         version = V.next_version(out_uri, storage_cfg)
         template = S.read_template(out_uri, cur, old, storage_cfg)  # small: copied into every version
+        codec_blob = R.read_codec(out_uri, cur, old["refine"], storage_cfg) if old.get("refine") else None
+        codec = R.load_codec(codec_blob) if codec_blob is not None else None
         entries, removed, compacted = [], 0, []
         for entry in old["shards"]:
             entry, s = S.with_home(entry, cur), int(entry["shard"])
@@ -131,13 +165,16 @@ def update_index(out_uri: str, add_embeddings: pa.Table | None = None,
             drop = np.union1d(rm_ids[rm_ids % n == s], add_ids[mine])
             add = (add_vec[mine], add_ids[mine], [add_img[i] for i in mine], add_faces[mine])
             new, r, c = _update_shard(out_uri, cur, version, entry, drop, add, template, compact, compact_ratio,
-                                      storage_cfg)
+                                      storage_cfg, codec)
             entries.append(new)
             removed += r
             if c:
                 compacted.append(s)
         manifest = {k: v for k, v in old.items() if k not in ("version", "created", "update")}
         manifest["template"] = S.write_template(out_uri, version, template, storage_cfg)
+        if codec_blob is not None:
+            manifest["refine"] = {**old["refine"], **R.codec_entry(out_uri, version, codec_blob, old["refine"]["codec"],
+                                                                   old["refine"]["store"], storage_cfg)}
         manifest.update(
             shards=entries, counts=[e["count"] for e in entries], total=int(sum(e["count"] for e in entries)),
             model_versions=sorted(set(old.get("model_versions", [])) | set(new_models)), parent=cur,

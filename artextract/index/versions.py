@@ -7,6 +7,8 @@ Layout under ``out_uri``::
     versions/v000007/index.json          the index manifest of version 7
     versions/v000007/shards/part-00000.faiss
     versions/v000007/shards/part-00000.ids.parquet   (id, image_id, face_idx)
+    versions/v000007/shards/part-00000.refine.npy    re-ranking codes, one row per id-map row (refine.py)
+    versions/v000007/template.faiss, refine.faiss    the trained empty index and re-ranking codec
 
 A version may use shard files of an older version (its ``home``: the base shards under a delta
 update, see segments.py); ``prune`` keeps such a version until no kept version refers to it.

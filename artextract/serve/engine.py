@@ -92,11 +92,12 @@ class Engine:
             from artextract.pipelines.ray_env import init_ray
 
             init_ray(self.cfg.ray)
-            reader = RayIndexReader(self.cfg.index, self.cfg.storage, self.cfg.nprobe, version, self.cfg.verify)
+            reader = RayIndexReader(self.cfg.index, self.cfg.storage, version=version,
+                                    memory_factor=self.cfg.shard_memory_factor, **self.cfg.reader_kwargs())
         else:
             from artextract.index.search import IndexReader
 
-            reader = IndexReader(self.cfg.index, self.cfg.storage, self.cfg.nprobe, version, self.cfg.verify)
+            reader = IndexReader(self.cfg.index, self.cfg.storage, version=version, **self.cfg.reader_kwargs())
         from artextract.index.query_image import recorded_embeddings
 
         catalog = Catalog(self.cfg.index, reader.version, self.cfg.storage, self.cfg.faces, self.cfg.manifest,
@@ -257,7 +258,7 @@ class Engine:
             raise QueryError(422, f"offset + limit may reach at most max_k={self.cfg.max_k}")
         # one more than the page needs, so the page knows whether a next one exists
         fetch = min(reader.ntotal, (depth + 1) * (self.cfg.pose_oversample if pose != "off" else 1)) or 1
-        scores, keys = reader.search(q, fetch, self.cfg.nprobe)
+        scores, keys = reader.search(q, fetch, self.cfg.nprobe, self.cfg.k_factor)
         hits = [{"rank": r + 1, "image_id": k[0], "face_idx": int(k[1]), "score": round(float(s), 6)}
                 for r, (s, k) in enumerate(zip(scores[0], keys[0]))]
         pose_note = None
