@@ -154,3 +154,25 @@ def test_ray_shard_actor_too_big_for_any_node_fails_bounded(tmp_path, ray_sessio
     build_index(data.slice(0, 500), uri, shards=2, factory="Flat")
     with pytest.raises(RuntimeError, match="not placed within 3 s.*node memory GiB"):
         RayIndexReader(uri, memory_factor=1e9, place_timeout_s=3)
+
+
+def test_s3_index_with_codes_on_disk_uses_a_local_cached_copy(tmp_path, s3_bucket, s3_storage, data, queries):
+    """A remote index with refine_store=disk: each segment's codes are copied once into refine_cache
+    (named by sha256, checked) and memory-mapped; results equal the same build read locally."""
+    a, b = data.slice(0, 2000), data.slice(2000, 200)
+    remote, local = f"s3://{s3_bucket}/idx", str(tmp_path / "local")
+    for uri, cfg in ((remote, s3_storage), (local, None)):
+        build_index(a, uri, shards=2, factory="IVF16,PQ8x4fs,RFlat", nprobe=8, k_factor=8, storage_cfg=cfg)
+        update_index(uri, add_embeddings=b, remove_keys=keys_of(a)[:20], storage_cfg=cfg, compact_ratio=10.0)
+    cache = tmp_path / "cache"
+    r = IndexReader(remote, s3_storage, cache_dir=str(cache))
+    m = r.manifest
+    want = {e["refine"]["sha256"] for e in m["shards"]} | {e["delta"]["refine"]["sha256"] for e in m["shards"]}
+    assert {p.stem for p in cache.glob("*.npy")} == want and not list(cache.glob("*.tmp"))
+    assert all(s.refine.nbytes_in_memory == 0 for s in r.searchers)
+    got, ref = r.search(queries, 10), IndexReader(local).search(queries, 10)
+    assert got[1] == ref[1] and np.array_equal(got[0], ref[0])
+    # a second reader finds the copies in place (nothing downloaded: the cache files are not rewritten)
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
+    IndexReader(remote, s3_storage, cache_dir=str(cache))
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == stamps
