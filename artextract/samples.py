@@ -81,7 +81,7 @@ def _lfw_sheet() -> Image.Image:
     return sheet.convert("RGB")
 
 
-# Public makers of odd-but-valid and broken encodings, shared with ``artextract.fuzz`` so the
+# Public makers of odd-but-valid and broken encodings, shared with tests/fixtures/fuzz.py so the
 # demo collection and the fuzz corpus exercise the same byte layouts.
 
 # The stored -> upright transform PIL applies for each EXIF orientation (ImageOps.exif_transpose).

@@ -1,13 +1,13 @@
 """Unit tests of the benchmark modules (report helpers, face matching, the index harness at a tiny
 size). The preprocess, embed, training, serve, reliability and GPU dry-run harnesses run end to end in
-tests/test_bench_suite.py (``python -m artextract.bench.suite --quick``). No timing assertions."""
+tests/test_bench_suite.py (``python -m benchmarks.suite --quick``). No timing assertions."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from artextract.bench import preprocess as bp
-from artextract.bench.__main__ import main
+from benchmarks import preprocess as bp
+from benchmarks.__main__ import main
 
 
 def test_missing_data_fails_clearly(tmp_path: Path, capsys) -> None:
@@ -45,8 +45,8 @@ def test_median_run_ignores_failures() -> None:
 def test_index_bench_writes_section(tmp_path: Path) -> None:
     """The index harness at a tiny size: its one section replaces the old one (whatever size that
     was run at) with every table row; quality checks only, no timings."""
-    from artextract.bench import index_compressed
-    from artextract.bench.index import ivf_variants, main as index_main
+    from benchmarks import index_compressed
+    from benchmarks.index import ivf_variants, main as index_main
 
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n\n## Preprocess\n\nkeep me\n\n## Index (sharded FAISS, 1M x 256)\n\nold numbers\n\n"

@@ -1,4 +1,4 @@
-"""The benchmark suite (``python -m artextract.bench.suite``): the whole harness once at ``--quick``
+"""The benchmark suite (``python -m benchmarks.suite``): the whole harness once at ``--quick``
 sizes (every benchmark's section and summary row; no timing assertions: numbers come from
 ``make bench`` only), plus unit tests of the summary merge and of failure recording."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from artextract.bench import rows as R
-from artextract.bench import suite
+from benchmarks import rows as R
+from benchmarks import suite
 
 SECTIONS = ("## Preprocess\n", "## Embed (Ray Data vs DataLoader)\n", "## Index (sharded FAISS, 10k x 16)\n",
             "## Training scaling (Ray Train, 1 vs 2 workers)\n", "## Web search latency (2k x 256)\n",

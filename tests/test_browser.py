@@ -23,7 +23,8 @@ from test_serve import build_small_index, serve_config  # noqa: E402 - after the
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from artextract.serve.app import ThreadedServer, create_app
+    from artextract.serve.app import create_app
+    from benchmarks.servers import ThreadedServer
 
     small = build_small_index(tmp_path_factory)
     app = create_app(serve_config(small))

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from artextract import samples, storage
-from artextract.bench.faultproxy import FaultProxy
+from benchmarks.faultproxy import FaultProxy
 from artextract.cli import main
 from artextract.config import StorageConfig
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artextract import fuzz, storage
+from artextract import storage
+from fixtures import fuzz
 from artextract.cli import main
 from artextract.config import DecodeConfig
 from artextract.stages.decode import REASONS, Decoded, Quarantine, configure_pil, decode

@@ -356,7 +356,7 @@ def test_two_writers_breaking_one_stale_lock_cannot_both_win(where, tmp_path, re
 def test_local_lock_break_is_a_compare_and_swap_under_contention(tmp_path):
     """200 rounds of 8 writers force-breaking one stale local LOCK: always exactly one winner, and the
     lock is the winner's. (Moving the lock aside to compare it let a third writer create its own in
-    the gap: two winners in ~2% of rounds, measured by artextract.bench.hostile.)"""
+    the gap: two winners in ~2% of rounds, measured by benchmarks.hostile.)"""
     from concurrent.futures import ThreadPoolExecutor
 
     def grab(base):

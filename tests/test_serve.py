@@ -344,7 +344,8 @@ def test_reports_refuse_traversal_sent_raw_symlinks_and_foreign_hosts(small, tmp
     and a Host header that is not the loopback name (a DNS-rebinding page)."""
     import http.client
 
-    from artextract.serve.app import ThreadedServer, create_app
+    from artextract.serve.app import create_app
+    from benchmarks.servers import ThreadedServer
 
     reports = tmp_path / "reports"
     shutil.copytree(small["reports"], reports)

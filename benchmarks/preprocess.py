@@ -3,7 +3,7 @@
 Every run is a fresh subprocess, timed by wall clock from launch to exit, so interpreter start,
 imports, model load and Ray start are all counted (a cold start):
 
-- ``naive``: ``python -m artextract.bench.naive`` (PIL + MTCNN per image, full resolution);
+- ``naive``: ``python -m benchmarks.naive`` (PIL + MTCNN per image, full resolution);
 - ``ray_local``: ``python -m artextract ingest folder`` then ``python -m artextract preprocess``
   over the local folder;
 - ``ray_s3``: the same two commands over the same images in a bucket of a local S3 server (moto
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "nga" / "images"
 SECTION = "Preprocess"
 TUNING_SECTION = "Preprocess tuning"
@@ -175,7 +175,7 @@ def _tail(log: Path, n: int = 12) -> str:
 def run_naive(images: Path, work: Path, run: Run, timeout: float) -> Run:
     out = work / "naive"
     log = work / "log.txt"
-    wall, rc = _timed([sys.executable, "-m", "artextract.bench.naive", "--images", str(images),
+    wall, rc = _timed([sys.executable, "-m", "benchmarks.naive", "--images", str(images),
                        "--out", str(out)], log, _env(), timeout, run.loads)
     run.wall_s, run.steps_s = wall, {"naive": round(wall, 3)}
     if rc != 0:
@@ -633,7 +633,7 @@ def replace_section(text: str, title: str, body: str) -> str:
 
 HEADER = """# Benchmarks
 
-Numbers here come from `make bench` (`python -m artextract.bench.suite`, ~35-45 min: every
+Numbers here come from `make bench` (`python -m benchmarks.suite`, ~35-45 min: every
 performance benchmark, then the Summary below) and from the model-quality benchmarks
 `make bench-classifier` and `make bench-similarity` (`make bench-all`: everything, ~1.5 h), with
 every baseline measured in the same run on the same machine; a section can be refreshed alone with

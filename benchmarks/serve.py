@@ -1,6 +1,6 @@
 """Web search latency: ``artextract serve`` API over a synthetic 100k x 256 index.
 
-Builds a clustered synthetic collection (the same mixture as ``artextract.bench.index``) into an
+Builds a clustered synthetic collection (the same mixture as ``benchmarks.index``) into an
 index with ``build_index`` (default factory for its size, 4 shards), starts the FastAPI app on a
 uvicorn thread bound to 127.0.0.1 and times N sequential API queries by stored id
 (``GET /api/search``: reconstruct + search + join) and by vector (``POST /api/search/vector``),
@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from artextract.bench.index import make_data, table
-from artextract.bench.index_report import size_label
-from artextract.bench.preprocess import write_doc
+from benchmarks.index import make_data, table
+from benchmarks.index_report import size_label
+from benchmarks.preprocess import write_doc
 
 K = 10
 
@@ -50,7 +50,8 @@ def run_bench(n: int, dim: int, queries: int, clients: int, shards: int, work: P
     from artextract.config import ServeConfig
     from artextract.index.build import build_index
     from artextract.index.search import IndexReader
-    from artextract.serve.app import ThreadedServer, create_app
+    from artextract.serve.app import create_app
+    from benchmarks.servers import ThreadedServer
 
     load0 = os.getloadavg()
     t0 = time.perf_counter()
@@ -120,7 +121,7 @@ def section(res: dict[str, Any], args: argparse.Namespace) -> tuple[str, str]:
     busy = max(res["load_before"][0], res["load_after"][0]) > 1.5 * (res["cpus"] or 1)
     lines = [
         f"## {title}", "",
-        f"`make bench-serve` (`python -m artextract.bench.serve --n {args.n} --dim {args.dim} --queries "
+        f"`make bench-serve` (`python -m benchmarks.serve --n {args.n} --dim {args.dim} --queries "
         f"{args.queries} --clients {args.clients}`), {time.strftime('%Y-%m-%d')}, on this machine "
         f"({res['cpus']} CPU cores, no GPU). Synthetic clustered unit vectors (the `bench.index` mixture), "
         f"one vector per image; index `{res['factory']}` in {args.shards} shards, nprobe {res['nprobe']} "
@@ -148,7 +149,7 @@ def section(res: dict[str, Any], args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file; only this section is replaced")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=256)
@@ -160,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
-    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
+    """CLI; ``sink`` (when given) receives the results dict, for ``benchmarks.suite``."""
     args = _parser().parse_args(argv)
     t0 = time.perf_counter()
     log = lambda m: print(f"[bench-serve {time.perf_counter() - t0:6.1f}s] {m}", flush=True)  # noqa: E731

@@ -1,4 +1,4 @@
-"""``python -m artextract.bench.similarity --out docs/benchmarks.md [--budget-s S] [--models scratch,pretrained]``
+"""``python -m benchmarks.similarity --out docs/benchmarks.md [--budget-s S] [--models scratch,pretrained]``
 
 Similarity benchmark on the real data in ../shared/data, each trained model against the naive
 approach of the seeds (a backbone's features + cosine: untrained, and torchvision's ImageNet
@@ -27,12 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from artextract import storage
-from artextract.bench.preprocess import git_commit, machine, write_doc
-from artextract.bench.weights import mobilenet_v2_imagenet
+from benchmarks.preprocess import git_commit, machine, write_doc
+from benchmarks.weights import mobilenet_v2_imagenet
 from artextract.config import (EmbedConfig, IngestFolderConfig, IngestWikiartConfig, NearDuplicateConfig,
                                PreprocessConfig, SimilarityTrainConfig, load_config)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SECTION = "Similarity (NGA faces, WikiArt portraits)"
 NAIVE = "untrained:resnet18"
@@ -227,7 +227,7 @@ def _section(argv: list[str], started: str, res_nga: dict, res_wa: dict, models:
     info = machine()
     tn, tw = res_nga["trained"], res_wa["trained"]
     out = [f"## {SECTION}", "",
-           f"`make bench-similarity` (`python -m artextract.bench.similarity {' '.join(shlex.quote(a) for a in argv)}`), "
+           f"`make bench-similarity` (`python -m benchmarks.similarity {' '.join(shlex.quote(a) for a in argv)}`), "
            f"{started}, commit {git_commit()}; {info['cores']} cores ({info['cpu']}), no GPU. Trained models: "
            f"{', '.join(models)}. The naive baselines are the seeds' 'backbone features + cosine': resnet18 "
            "untrained, and torchvision's ImageNet MobileNetV2 (`mobilenet_v2-b0353104.pth` from the PyPI package "
@@ -278,9 +278,9 @@ def _section(argv: list[str], started: str, res_nga: dict, res_wa: dict, models:
 
 
 def main(argv: list[str] | None = None, sink: dict | None = None) -> int:
-    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
+    """CLI; ``sink`` (when given) receives the results dict, for ``benchmarks.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.similarity", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.similarity", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md")
     p.add_argument("--work", default="runs/bench-similarity")
     p.add_argument("--budget-s", type=float, default=480.0, help="training time budget per model (s)")

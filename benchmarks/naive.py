@@ -6,7 +6,7 @@ to 160x160 and save it as a JPEG. Single process, no batching, no Ray.
 Faithfully naive but not sabotaged: files that PIL cannot open are counted and skipped (a
 notebook would crash on them; the bench collections contain some on purpose).
 
-``python -m artextract.bench.naive --images DIR --out DIR`` prints one JSON line of counts and
+``python -m benchmarks.naive --images DIR --out DIR`` prints one JSON line of counts and
 writes it to ``DIR/naive_summary.json`` (boxes and probabilities go to ``DIR/naive_faces.json``).
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def run(images: Path, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m artextract.bench.naive", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.naive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", required=True, help="local folder of images")
     parser.add_argument("--out", required=True, help="output folder for the crops and naive_summary.json")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""``python -m artextract.bench.faces [--out docs/benchmarks.md]`` (``make bench-faces``)
+"""``python -m benchmarks.faces [--out docs/benchmarks.md]`` (``make bench-faces``)
 
 Face detection on the hand-labelled NGA images (tests/fixtures/nga_faces.csv, images in
 ../shared/data/nga/images): every detector, every test-time view and the ensemble, next to MTCNN
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from artextract.bench.preprocess import REPO, git_commit, machine, write_doc
+from benchmarks.preprocess import REPO, git_commit, machine, write_doc
 from artextract.config import DecodeConfig, FacesConfig
 from artextract.eval.face_metrics import evaluate, match
 from artextract.eval.faces import read_labels
@@ -163,7 +163,7 @@ def section(results: list[dict[str, Any]], meta: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.faces", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.faces", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     p.add_argument("--images", default=str(IMAGES))
     p.add_argument("--labels", default=str(LABELS))
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> i
             print(f"bench-faces: {name}", file=sys.stderr, flush=True)
             results.append(run_config(name, overrides, i == ANCHOR, images, dev, test, threads))
     m = machine()
-    meta = {"command": "python -m artextract.bench.faces " + " ".join(argv), "commit": git_commit(),
+    meta = {"command": "python -m benchmarks.faces " + " ".join(argv), "commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{m.get('cores', '?')} cores, {m.get('cpu', '?')}"}
     body = section(results, meta)

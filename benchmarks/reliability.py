@@ -1,4 +1,4 @@
-"""``python -m artextract.bench.reliability --out docs/benchmarks.md [--rates 0.05,0.1,0.2] [--copies 3]``
+"""``python -m benchmarks.reliability --out docs/benchmarks.md [--rates 0.05,0.1,0.2] [--copies 3]``
 
 The reliability table: the sample collection (faces, odd formats and broken files included,
 ``--copies`` times) is ingested and preprocessed from and to a local S3 endpoint (moto over HTTP)
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artextract.bench import hostile
-from artextract.bench.faultproxy import FAULT_KINDS, FaultProxy
-from artextract.bench.preprocess import git_commit, machine, write_doc
-from artextract.bench.s3server import LocalS3
+from benchmarks import hostile
+from benchmarks.faultproxy import FAULT_KINDS, FaultProxy
+from benchmarks.preprocess import git_commit, machine, write_doc
+from benchmarks.s3server import LocalS3
 
 SECTION = "Reliability (S3 faults)"  # the run also writes bench.hostile's section
 
@@ -90,7 +90,7 @@ def section(results: list[dict[str, Any]], clean_rows: int, argv: list[str], sta
     info = machine()
     kinds = " / ".join(FAULT_KINDS)
     lines = [f"## {SECTION}", "",
-             f"Command: `python -m artextract.bench.reliability {shlex.join(argv)}` ({started}, commit "
+             f"Command: `python -m benchmarks.reliability {shlex.join(argv)}` ({started}, commit "
              f"{git_commit()}; {info.get('cores', '?')} cores, {info.get('ram', '?')}).", "",
              f"`ingest folder` + `preprocess` of {clean_rows} images (the sample collection: faces, odd formats, "
              "broken files) from and to S3 (moto over HTTP), through a proxy that fails the given fraction of "
@@ -118,9 +118,9 @@ def section(results: list[dict[str, Any]], clean_rows: int, argv: list[str], sta
 
 
 def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
-    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
+    """CLI; ``sink`` (when given) receives the results dict, for ``benchmarks.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.reliability", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md")
     p.add_argument("--rates", default="0.05,0.1,0.2")
     p.add_argument("--copies", type=int, default=3, help="copies of the sample collection")

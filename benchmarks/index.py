@@ -1,4 +1,4 @@
-"""``python -m artextract.bench.index --out docs/benchmarks.md [--n 1000000] [--dim 256] [--queries 1000] [--work DIR]``
+"""``python -m benchmarks.index --out docs/benchmarks.md [--n 1000000] [--dim 256] [--queries 1000] [--work DIR]``
 
 Index benchmark (issue 5) on synthetic clustered vectors, every baseline in the same run:
 exact Flat vs IVF variants at 1 and 4 shards (build time through ``build_index``, QPS, recall@10
@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 from artextract import storage
-from artextract.bench import index_compressed
-from artextract.bench.index_report import section, write_section
-from artextract.bench.preprocess import git_commit, machine
+from benchmarks import index_compressed
+from benchmarks.index_report import section, write_section
+from benchmarks.preprocess import git_commit, machine
 from artextract.index import IndexReader, build_index, exact_search, torch_exact_search, update_index
 from artextract.index import versions as V
 
@@ -307,7 +307,7 @@ class Bench:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.index", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.index", description=__doc__.split("\n\n")[1])
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file; only the index section is replaced")
     p.add_argument("--n", type=int, default=1_000_000, help="vectors in the collection")
     p.add_argument("--dim", type=int, default=256)
@@ -323,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
-    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
+    """CLI; ``sink`` (when given) receives the results dict, for ``benchmarks.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.exact_queries = min(args.exact_queries, args.queries)
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> i
     faiss.omp_set_num_threads(threads)  # the whole machine, recorded in the section
     log = Log()
     meta: dict[str, Any] = {
-        "command": "python -m artextract.bench.index " + " ".join(shlex.quote(a) for a in argv),
+        "command": "python -m benchmarks.index " + " ".join(shlex.quote(a) for a in argv),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(), "info": machine(),
         "faiss": faiss.__version__, "threads": threads, "loads": [os.getloadavg()[0]] * 2, "n": args.n,
         "dim": args.dim, "queries": args.queries, "exact_queries": args.exact_queries, "seed": args.seed,

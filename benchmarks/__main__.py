@@ -1,6 +1,6 @@
-"""``python -m artextract.bench --out docs/benchmarks.md [--quick] [--repeats N] [--images DIR]``
+"""``python -m benchmarks --out docs/benchmarks.md [--quick] [--repeats N] [--images DIR]``
 
-Runs the preprocess benchmark (see ``artextract.bench.preprocess``) and writes its results into
+Runs the preprocess benchmark (see ``benchmarks.preprocess``) and writes its results into
 the ``## Preprocess`` section of the markdown file (other sections are kept). ``--sweep`` also
 runs the pipeline config sweep into ``## Preprocess tuning``. ``--quick`` runs the same harness
 on a few generated sample images once, into a temporary file unless ``--out`` is given: a smoke
@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artextract.bench import preprocess as bp
+from benchmarks import preprocess as bp
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m artextract.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="markdown file to write (default docs/benchmarks.md; --quick: a temp file)")
     p.add_argument("--quick", action="store_true", help="smoke run on a few generated images, 1 repeat")
     p.add_argument("--repeats", type=int, default=None, help="runs per variant; median and best reported (default 2)")
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
-    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
+    """CLI; ``sink`` (when given) receives the results dict, for ``benchmarks.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.render:
@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path,
                      log=lambda m: print(m, flush=True), idle_wait=idle_wait, save_to=work / "runs.json",
                      ray_address=args.ray_address)
     bench.work.mkdir(parents=True, exist_ok=True)
-    bench.meta = {"command": "python -m artextract.bench " + " ".join(shlex.quote(a) for a in argv),
+    bench.meta = {"command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv),
                   "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "info": info,
                   "commit": bp.git_commit(),
                   "quick": args.quick, "images_desc": bp.describe(images), "main": [v.key for v in variants],
@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path,
     s3 = None
     try:
         if any(v.source == "s3" for v in variants):
-            from artextract.bench.s3server import LocalS3
+            from benchmarks.s3server import LocalS3
 
             s3 = LocalS3().__enter__()
             bench.s3 = s3

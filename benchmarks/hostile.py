@@ -210,11 +210,11 @@ SECTION = "Reliability (hostile inputs and lock races)"
 
 
 def section(rows: list[dict[str, Any]], argv: list[str], started: str) -> str:
-    from artextract.bench.preprocess import git_commit, machine
+    from benchmarks.preprocess import git_commit, machine
 
     info = machine()
     out = [f"## {SECTION}", "",
-           f"Command: `python -m artextract.bench.hostile {shlex.join(argv)}` ({started}, commit {git_commit()}; "
+           f"Command: `python -m benchmarks.hostile {shlex.join(argv)}` ({started}, commit {git_commit()}; "
            f"{info.get('cores', '?')} cores, {info.get('ram', '?')}); also run by `bench.reliability`.", "",
            "Each case as a job meets it (local disk, local HTTP servers on 127.0.0.x): what happened, its wall "
            "time, and for decoding the peak RSS growth of a fresh process over its imports (`ru_maxrss`). "
@@ -234,10 +234,10 @@ def section(rows: list[dict[str, Any]], argv: list[str], started: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.hostile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md")
     args = p.parse_args(argv)
-    from artextract.bench.preprocess import write_doc
+    from benchmarks.preprocess import write_doc
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = run()

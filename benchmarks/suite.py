@@ -1,4 +1,4 @@
-"""``python -m artextract.bench.suite [--quick] [--only a,b] [--skip a,b] [--out FILE] [--work DIR]``
+"""``python -m benchmarks.suite [--quick] [--only a,b] [--skip a,b] [--out FILE] [--work DIR]``
 
 Runs every benchmark in sequence (each writes its own section, as its own command does) and writes
 a ``## Summary`` at the top of the document: date, machine, command, commit, total wall time and one
@@ -27,8 +27,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from artextract.bench import rows as R
-from artextract.bench.preprocess import HEADER, QUICK_CASES, git_commit, machine, replace_section
+from benchmarks import rows as R
+from benchmarks.preprocess import HEADER, QUICK_CASES, git_commit, machine, replace_section
 
 Runner = Callable[[bool, str, "Path | None"], tuple[int, dict[str, Any]]]
 
@@ -67,24 +67,24 @@ def _gpu_argv(quick: bool) -> list[str]:
 
 # key -> (runner(quick, out, work), rows(results, date)); quick=None in SKIP_QUICK: not run by --quick.
 BENCHMARKS: dict[str, tuple[Runner, Callable[[dict[str, Any], str], list[dict[str, str]]]]] = {
-    "preprocess": (lambda q, out, w: _call("artextract.bench.__main__", ["--out", out, *_w(w, "preprocess")]
+    "preprocess": (lambda q, out, w: _call("benchmarks.__main__", ["--out", out, *_w(w, "preprocess")]
                                              + (["--quick", *_ray_argv(q)] if q else [])), R.preprocess),
-    "embed": (lambda q, out, w: _call("artextract.bench.embed", ["--out", out, *_w(w, "embed")]
+    "embed": (lambda q, out, w: _call("benchmarks.embed", ["--out", out, *_w(w, "embed")]
                                       + (["--quick"] if q else [])), R.embed),
-    "index": (lambda q, out, w: _call("artextract.bench.index", ["--out", out, *_w(w, "index")]
+    "index": (lambda q, out, w: _call("benchmarks.index", ["--out", out, *_w(w, "index")]
                                       + (["--n", "10000", "--dim", "16", "--queries", "50", "--min-time", "0.01",
                                           "--threads", "1"] if q else [])), R.index),
-    "train": (lambda q, out, w: _call("artextract.bench.train_scaling", ["--out", out, *_w(w, "train")]
+    "train": (lambda q, out, w: _call("benchmarks.train_scaling", ["--out", out, *_w(w, "train")]
                                       + (["--quick"] if q else [])), R.train),
-    "serve": (lambda q, out, w: _call("artextract.bench.serve", ["--out", out, *_w(w, "serve")]
+    "serve": (lambda q, out, w: _call("benchmarks.serve", ["--out", out, *_w(w, "serve")]
                                       + (["--n", "2000", "--queries", "20", "--clients", "2", "--shards", "2"]
                                          if q else [])), R.serve),
-    "reliability": (lambda q, out, w: _call("artextract.bench.reliability", ["--out", out]
+    "reliability": (lambda q, out, w: _call("benchmarks.reliability", ["--out", out]
                                             + (["--copies", "1", "--rates", "0.1", "--cases", ",".join(QUICK_CASES),
                                                 *_ray_argv(q)] if q else [])), R.reliability),
-    "similarity": (lambda q, out, w: _call("artextract.bench.similarity", ["--out", out]), R.similarity),
-    "classifier": (lambda q, out, w: _call("artextract.bench.classifier", ["--out", out]), R.classifier),
-    "gpu": (lambda q, out, w: _call("artextract.bench.gpu", ["--out", out] + _gpu_argv(q)), R.gpu),
+    "similarity": (lambda q, out, w: _call("benchmarks.similarity", ["--out", out]), R.similarity),
+    "classifier": (lambda q, out, w: _call("benchmarks.classifier", ["--out", out]), R.classifier),
+    "gpu": (lambda q, out, w: _call("benchmarks.gpu", ["--out", out] + _gpu_argv(q)), R.gpu),
 }
 SKIP_QUICK = {"similarity": "needs ../shared/data and 8+ min of training per model: run `make bench-similarity`",
               "classifier": "needs ../shared/data and a 30 min training budget: run `make bench-classifier`"}
@@ -149,7 +149,7 @@ def write_summary(out: Path, rows: list[dict[str, str]], ran: list[str], meta: d
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.suite", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="tiny sizes for everything (into a temp file unless --out)")
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     p.add_argument("--skip", help="comma-separated benchmarks to leave out")
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     _log(t0, f"{', '.join(selected)} -> {out}" + (f" (work {work})" if work else ""))
     rows = run_suite(selected, args.quick, out, work, t0)
     info = machine()
-    meta = {"date": started, "command": "python -m artextract.bench.suite " + " ".join(map(shlex.quote, argv)),
+    meta = {"date": started, "command": "python -m benchmarks.suite " + " ".join(map(shlex.quote, argv)),
             "machine": f"{info['cores']} cores, {info['cpu']}, {info['ram']} RAM, {info['os']}",
             "commit": git_commit(), "wall": f"{(time.perf_counter() - t0) / 60:.1f} min", "quick": str(args.quick)}
     write_summary(out, rows, selected, meta)

@@ -1,4 +1,4 @@
-"""``python -m artextract.bench.classifier --out docs/benchmarks.md [--budget-s S] [--rows ...]``
+"""``python -m benchmarks.classifier --out docs/benchmarks.md [--budget-s S] [--rows ...]``
 
 WikiArt benchmark of the CNN-RNN classifier on ../shared/data/wikiart, every row on the same
 stratified split (test rows never train or select a model):
@@ -31,12 +31,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from artextract import storage
-from artextract.bench.preprocess import git_commit, machine, write_doc
-from artextract.bench.weights import mobilenet_v2_imagenet
+from benchmarks.preprocess import git_commit, machine, write_doc
+from benchmarks.weights import mobilenet_v2_imagenet
 from artextract.config import ClassifierTrainConfig, EvaluateClassifierConfig, IngestWikiartConfig, load_config
 from artextract.eval.metrics import classification_metrics
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 WIKIART = REPO.parent / "shared" / "data" / "wikiart"
 SECTION = "Classifier (WikiArt)"
 TASKS = ("style", "genre", "artist")
@@ -164,9 +164,9 @@ def _describe(r: dict[str, Any], budget: float) -> str:
 
 
 def main(argv: list[str] | None = None, sink: dict | None = None) -> int:
-    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
+    """CLI; ``sink`` (when given) receives the results dict, for ``benchmarks.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.classifier", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md")
     p.add_argument("--work", default="runs/bench-classifier")
     p.add_argument("--budget-s", type=float, default=2400.0, help="training time budget of each CNN-RNN (s)")
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None, sink: dict | None = None) -> int:
     split_line = (f"{counts['train_rows']} train / {counts['val_rows']} val / {counts['test_rows']} test"
                   if counts else "see configs/wikiart_classifier.yaml")
     lines = [f"## {SECTION}", "",
-             f"Command: `make bench-classifier` (`python -m artextract.bench.classifier "
+             f"Command: `make bench-classifier` (`python -m benchmarks.classifier "
              f"{' '.join(shlex.quote(a) for a in argv)}`)  ",
              f"Date: {started}; commit {git_commit()}; {info['cores']} cores ({info['cpu']}), no GPU  ",
              f"Data: ../shared/data/wikiart, {counts['rows'] if counts else 4357} real paintings, 11 styles; one "

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artextract.bench.preprocess import REPO, git_commit, machine, wait_for_idle, write_doc
+from benchmarks.preprocess import REPO, git_commit, machine, wait_for_idle, write_doc
 
 SECTION = "Training scaling (Ray Train, 1 vs 2 workers)"
 WIKIART = REPO.parent / "shared" / "data" / "wikiart"
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     loads.append(os.getloadavg()[0])
     one, two = best(1, "samples_s"), best(2, "samples_s")
-    return {"started": started, "command": "python -m artextract.bench.train_scaling "
+    return {"started": started, "command": "python -m benchmarks.train_scaling "
             + " ".join(map(shlex.quote, argv)), "quick": args.quick, "data": desc, "prepare_s": prep_s,
             "ray_start_s": ray_s, "runs": runs, "samples_s_1": one, "samples_s_2": two,
             "ratio": two / one if one and two else None, "steps": args.steps, "batch": args.batch,
@@ -152,7 +152,7 @@ def section(r: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.train_scaling", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file; only this section is replaced")
     p.add_argument("--quick", action="store_true", help="tiny model/images, few steps (a temp file unless --out)")
     p.add_argument("--steps", type=int, default=None)

@@ -1,4 +1,4 @@
-"""``python -m artextract.bench.gpu [--device auto] [--dry-run] [--out docs/benchmarks.md] [--json FILE]``
+"""``python -m benchmarks.gpu [--device auto] [--dry-run] [--out docs/benchmarks.md] [--json FILE]``
 
 The Ray-free stages on one accelerator, so they can be measured on a GPU machine that has torch
 and torchvision but no Ray or FAISS (the device image): MTCNN face detection batched at 1024 px,
@@ -219,11 +219,11 @@ def bench_ddp_step(device: torch.device, batch: int, side: int) -> dict[str, Any
 
 def section(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The markdown section (numbers only; no verdict is hard-coded)."""
-    lines = [f"## {SECTION}", "", f"Command: `python -m artextract.bench.gpu {meta['argv']}` on {meta['device_name']} "
+    lines = [f"## {SECTION}", "", f"Command: `python -m benchmarks.gpu {meta['argv']}` on {meta['device_name']} "
              f"({meta['date']}; torch {meta['torch']}, torchvision {meta['torchvision']}).", ""]
     if meta["dry_run"]:
         lines += ["**Dry run** at toy sizes on the CPU: checks the script runs end to end; the numbers are "
-                  "not benchmarks. On a CUDA machine: `python -m artextract.bench.gpu`.", ""]
+                  "not benchmarks. On a CUDA machine: `python -m benchmarks.gpu`.", ""]
     lines += ["| stage | setting | img/s or QPS | detail |", "|---|---|---:|---|"]
     for r in results:
         if "error" in r:
@@ -238,9 +238,9 @@ def section(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> int:
-    """CLI; ``sink`` (when given) receives the results dict, for ``artextract.bench.suite``."""
+    """CLI; ``sink`` (when given) receives the results dict, for ``benchmarks.suite``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.gpu", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cuda | cpu")
     p.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (smoke test)")
     p.add_argument("--compile", action="store_true", help="also measure the embedding with torch.compile")
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> i
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
     if args.out:
-        from artextract.bench.preprocess import write_doc
+        from benchmarks.preprocess import write_doc
 
         write_doc(Path(args.out), [(SECTION, section(results, meta))])
     return 0

@@ -1,4 +1,4 @@
-"""Markdown section of the index benchmark (``artextract.bench.index``): tables and verdicts are
+"""Markdown section of the index benchmark (``benchmarks.index``): tables and verdicts are
 derived from the measured rows only, so a rerun on another machine rewrites every claim."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from artextract.bench import index_compressed
-from artextract.bench.preprocess import write_doc
+from benchmarks import index_compressed
+from benchmarks.preprocess import write_doc
 
 SECTION_PREFIX = "Index (sharded FAISS"
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from artextract.bench.preprocess import DEFAULT_IMAGES, git_commit, machine, wait_for_idle, write_doc
+from benchmarks.preprocess import DEFAULT_IMAGES, git_commit, machine, wait_for_idle, write_doc
 
 SECTION = "Embed (Ray Data vs DataLoader)"
 GOAL = 0.95
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     diff = float(np.abs(ray.pop("vectors") - loader.pop("vectors")).max())
-    return {"started": started, "command": "python -m artextract.bench.embed " + " ".join(map(shlex.quote, argv)),
+    return {"started": started, "command": "python -m benchmarks.embed " + " ".join(map(shlex.quote, argv)),
             "quick": args.quick, "source": src, "model": args.model, "image_size": args.image_size,
             "batch_size": args.batch_size, "dim": args.dim, "shard_rows": args.shard_rows,
             "torch_threads": args.torch_threads, "loader_threads": threads, "loader_workers": workers,
@@ -282,7 +282,7 @@ def section(r: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m artextract.bench.embed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file; only this section is replaced")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on generated images (a temp file "
                                                          "unless --out is given)")
