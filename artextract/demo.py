@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 
-from artextract import demo_models, storage
+from artextract import demo_models
+
+from artextract.core import storage
 from artextract.config import DemoConfig, IngestFolderConfig
 from artextract.ingest import folder
 from artextract.pipelines import preprocess
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 from artextract.samples import write_collection
 
 log = logging.getLogger(__name__)

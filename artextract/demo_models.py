@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import (ClassifierTrainConfig, DemoConfig, EmbedConfig, EvaluateClassifierConfig,
                                EvaluateSimilarityConfig, IndexBuildConfig, SimilarityTrainConfig, load_config)
 from artextract.synthetic_styles import write_labelled_collection

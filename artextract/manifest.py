@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 
 CORE_SCHEMA = pa.schema([

@@ -14,7 +14,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter
 
-from artextract import manifest, storage
+from artextract import manifest
+
+from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.models.registry import Registry
 

@@ -30,7 +30,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from artextract import storage
+from artextract.core import storage
 from benchmarks.preprocess import git_commit, machine, write_doc
 from benchmarks.weights import mobilenet_v2_imagenet
 from artextract.config import ClassifierTrainConfig, EvaluateClassifierConfig, IngestWikiartConfig, load_config

@@ -113,7 +113,7 @@ def steady(marks: list[tuple[float, int]], skip: int) -> float | None:
 
 def run_ray(pre: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``artextract embed`` (pipelines.embed.run) on the synthetic input; vectors sorted by image_id."""
-    from artextract import storage
+    from artextract.core import storage
     from artextract.config import EmbedConfig, RayConfig
     from artextract.pipelines import embed
     from artextract.pipelines.ray_env import cluster_counts, init_ray

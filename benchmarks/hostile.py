@@ -43,7 +43,7 @@ _RUNNER = """
 import resource, sys, time
 D = sys.argv[1]
 {setup}
-import artextract.config, artextract.storage, PIL.Image, numpy  # imports are the baseline
+import artextract.config, artextract.core.storage, PIL.Image, numpy  # imports are the baseline
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 {action}
@@ -106,7 +106,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[str, float]:
 
 
 def _http_cases() -> list[dict[str, Any]]:
-    from artextract import http
+    from artextract.core import http
     from artextract.config import StorageConfig
 
     cfg = StorageConfig(http_allow_private=True, http_retries=1, http_backoff_s=0.01, http_deadline_s=2.0,
@@ -140,7 +140,7 @@ def _http_cases() -> list[dict[str, Any]]:
 
 
 def _lock_race(rounds: int = 100, writers: int = 8) -> dict[str, Any]:
-    from artextract import storage
+    from artextract.core import storage
     from artextract.index import lock as L
 
     ok = 0
@@ -169,7 +169,7 @@ def _manifest_crash() -> dict[str, Any]:
     import pyarrow as pa
 
     from artextract import manifest as mf
-    from artextract import storage
+    from artextract.core import storage
 
     def rows(n: int, tag: str) -> pa.Table:
         return pa.table({"image_id": [f"{i:03d}" for i in range(n)], "uri": [f"/{tag}/{i}.jpg" for i in range(n)]})

@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from artextract import storage
+from artextract.core import storage
 from benchmarks import index_compressed
 from benchmarks.index_report import section, write_section
 from benchmarks.preprocess import git_commit, machine

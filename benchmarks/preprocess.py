@@ -192,7 +192,7 @@ def run_naive(images: Path, work: Path, run: Run, timeout: float) -> Run:
 
 def run_pipeline(source_uri: str, work: Path, run: Run, timeout: float, endpoint: str | None,
                  s3_env: dict[str, str] | None, ray_address: str = "") -> Run:
-    from artextract import storage
+    from artextract.core import storage
 
     log = work / "log.txt"
     env = _env(s3_env if endpoint else None, ray_address)
@@ -299,7 +299,7 @@ def machine() -> dict[str, str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     from importlib import metadata
 
-    from artextract.runinfo import versions
+    from artextract.core.runinfo import versions
 
     v = versions()
     for extra in ("moto", "boto3"):

@@ -37,7 +37,7 @@ def _cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str
 
 def _rows(endpoint: str, uri: str) -> dict[str, Any]:
     """The preprocess output as comparable rows: images (id, status, reason, n_faces), faces (id, idx, box)."""
-    from artextract import storage
+    from artextract.core import storage
     from artextract.config import StorageConfig
 
     cfg = StorageConfig(s3_endpoint=endpoint, s3_region="us-east-1")
@@ -96,7 +96,7 @@ def section(results: list[dict[str, Any]], clean_rows: int, argv: list[str], sta
              "broken files) from and to S3 (moto over HTTP), through a proxy that fails the given fraction of "
              f"requests ({kinds}: 500 InternalError, 503 SlowDown, 503 ServiceUnavailable, dropped "
              "connection), compared row by row with a clean run. Retries are the S3 clients' own "
-             "(AWS SDK standard retry mode, `storage.s3_max_attempts=10`) plus `artextract.storage`'s retry of "
+             "(AWS SDK standard retry mode, `storage.s3_max_attempts=10`) plus `artextract.core.storage`'s retry of "
              "whole-object operations and whole-file re-read of a parquet file after a failed ranged read (the "
              "SDK does not retry a 500/503 error body that breaks a small ranged GET).", "",
              "| fault rate | requests | faults injected | 500 | 503 SlowDown | 503 | dropped | jobs survived | "

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract import storage
+from artextract.core import storage
 from benchmarks.preprocess import git_commit, machine, write_doc
 from benchmarks.weights import mobilenet_v2_imagenet
 from artextract.config import (EmbedConfig, IngestFolderConfig, IngestWikiartConfig, NearDuplicateConfig,

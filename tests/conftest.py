@@ -117,7 +117,7 @@ def faces_and_embeddings(uris: dict[str, str], root: Path, model: str, image_siz
     process: ``root/pre`` (faces/, images/ with ``image_columns``) and ``root/emb`` (one vector per
     face, plus the whole painting of the images ``whole`` accepts, and the embed run record).
     Returns the FaceStage rows (image_id, n_faces, whole_jpeg, ...)."""
-    from artextract import storage
+    from artextract.core import storage
     from artextract.config import DecodeConfig, EmbedConfig, FacesConfig, StorageConfig, save_resolved
     from artextract.stages.embed import EmbedStage
     from artextract.stages.faces import FaceStage

@@ -19,7 +19,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from artextract import samples, storage
+from artextract import samples
+
+from artextract.core import storage
 from benchmarks.faultproxy import FaultProxy
 from artextract.cli import main
 from artextract.config import StorageConfig

@@ -53,7 +53,7 @@ def test_verbose_console_never_logs_aws_credentials(s3_endpoint, s3_bucket):
 import boto3, logging
 from artextract import console
 console.setup(True)
-logging.getLogger("artextract.storage").debug("our-debug-line")
+logging.getLogger("artextract.core.storage").debug("our-debug-line")
 s3 = boto3.client("s3", endpoint_url={s3_endpoint!r}, region_name="us-east-1")
 s3.put_object(Bucket={s3_bucket!r}, Key="k.txt", Body=b"x")
 s3.list_objects_v2(Bucket={s3_bucket!r})

@@ -103,7 +103,7 @@ def _embed(demo, out, what: str, *overrides: str) -> int:
 
 
 def _read(out) -> pa.Table:
-    from artextract import storage
+    from artextract.core import storage
 
     return storage.read_parquet(str(out))
 

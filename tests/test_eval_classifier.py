@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from artextract import storage
+from artextract.core import storage
 from artextract.eval.classifier_report import (ClassifierPredictions, TaskPredictions,
                                                write_classifier_report)
 from artextract.eval.metrics import classification_metrics, confusion

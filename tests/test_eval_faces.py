@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from artextract.cli import main
 from artextract.eval.face_metrics import LabelledImage, average_precision, evaluate, iou, match
 from artextract.eval.faces import read_labels, split_of

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import EvaluateSimilarityConfig
 from artextract.eval import retrieval as R
 from artextract.eval.neardup import built_model_args, copy_ranks, make_copies

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from fixtures import fuzz
 from artextract.cli import main
 from artextract.config import DecodeConfig

@@ -1,4 +1,4 @@
-"""artextract.http against local servers: redirects only to the same host, no private targets unless
+"""artextract.core.http against local servers: redirects only to the same host, no private targets unless
 allowed, a byte cap, a deadline for the whole transfer, a capped Retry-After, and failure reasons
 that never quote a body."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from artextract import http
+from artextract.core import http
 from artextract.config import StorageConfig
 
 SECRET_BODY = b'{"AccessKeyId":"ASIATESTMETADATA0001","SecretAccessKey":"shh"}'

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from artextract import storage
+from artextract.core import storage
 from artextract.index import build as B
 from artextract.index import lock as L
 from artextract.index import versions as V

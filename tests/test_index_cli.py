@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from artextract import manifest as mf
-from artextract import storage
+from artextract.core import storage
 from artextract.cli import main
 from artextract.index import build_index
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from artextract import manifest, storage
+from artextract import manifest
+
+from artextract.core import storage
 from artextract.cli import main
 from artextract.config import IngestFolderConfig
 from artextract.ingest import folder, probe

@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from artextract import http, manifest, storage
+from artextract import manifest
+
+from artextract.core import http, storage
 from artextract.config import DownloadConfig, IngestNgaConfig, StorageConfig
 from artextract.ingest import nga
 from artextract.ingest.nga_download import Job, _fetch_all

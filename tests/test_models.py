@@ -120,7 +120,7 @@ def test_weights_from_s3_uri(s3_bucket, s3_storage, caplog):
 
     import torchvision.models as tvm
 
-    from artextract.storage import write_bytes
+    from artextract.core.storage import write_bytes
 
     ref = tvm.resnet18(weights=None)
     buf = io.BytesIO()

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from artextract import samples, storage
+from artextract import samples
+
+from artextract.core import storage
 from artextract.cli import main
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from artextract.cli import main
 
 pytestmark = pytest.mark.realdata

@@ -15,7 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from artextract import samples, storage
+from artextract import samples
+
+from artextract.core import storage
 from artextract.cli import main
 from artextract.config import StorageConfig
 from artextract.index import collection as C

@@ -24,7 +24,8 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from artextract import config as config_pkg
-from artextract import manifest, samples, storage
+from artextract import manifest, samples
+from artextract.core import storage
 from fixtures import fuzz
 from artextract.cli import main
 from artextract.config import ConfigError, DecodeConfig, PreprocessConfig, StorageConfig, load_config, save_resolved

@@ -15,7 +15,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from artextract import samples, storage
+from artextract import samples
+
+from artextract.core import storage
 from artextract.config import DecodeConfig, ServeConfig
 
 # starlette's TestClient prefers httpx2 but works with httpx (the dev extra): not our concern here

@@ -8,7 +8,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from artextract import samples, storage
+from artextract import samples
+
+from artextract.core import storage
 from artextract.config import DecodeConfig, FacesConfig, StorageConfig
 from artextract.stages.align import aligned_crop, template
 from artextract.stages.decode import REASONS, Quarantine, decode

@@ -6,7 +6,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import ClassifierDataConfig, ClassifierTrainConfig, load_config
 from artextract.losses.multitask import MultiTaskLoss, balanced_weights
 from artextract.models.crnn import CRNNClassifier

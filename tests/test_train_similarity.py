@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import SimilarityTrainConfig, load_config
 from artextract.synthetic_styles import STYLES, render
 from artextract.train import checkpoint as ckpt

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from artextract.config.core import OptUri, RayConfig, StorageConfig, Strict, Uri
+from artextract.config.core import OptUri, RayConfig, StorageConfig, Uri
 from artextract.config.jobs import DecodeConfig, FacesConfig, ReaderOptions
 
 __all__ = ["ServeConfig"]

@@ -1,5 +1,5 @@
 """Write the classifier evaluation report (PNGs, CSVs, metrics.json, report.html) to a local
-directory or an s3:// prefix. Every file goes through ``artextract.storage`` (atomic writes)."""
+directory or an s3:// prefix. Every file goes through ``artextract.core.storage`` (atomic writes)."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.eval.metrics import HEADLINE_KEYS, classification_metrics, confusion
 from artextract.eval.outliers import class_distance_outliers, confident_mispredictions

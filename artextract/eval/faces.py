@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import EvaluateFacesConfig, StorageConfig
 from artextract.eval.face_metrics import POSES, SIZES, LabelledImage, evaluate
 from artextract.eval.similarity import query_grid
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 
 log = logging.getLogger(__name__)
 _COLOURS = {"miss": "red", "false_positive": "orange"}

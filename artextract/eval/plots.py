@@ -20,7 +20,7 @@ def _emit(data: bytes, path_or_buffer: PathOrBuffer) -> bytes:
     if path_or_buffer is None:
         return data
     if isinstance(path_or_buffer, (str, os.PathLike)):
-        from artextract import storage
+        from artextract.core import storage
 
         storage.write_bytes(os.fspath(path_or_buffer), data)
     else:

@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import EvaluateSimilarityConfig, StorageConfig
 from artextract.eval.neardup import near_duplicate
 from artextract.eval.retrieval import (cosine_distributions, encode_labels, knn, retrieval_metrics)
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 
 log = logging.getLogger(__name__)
 Key = tuple[str, int]  # (image_id, face_idx); face_idx -1 = the whole image

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.index import fastscan as FS
 from artextract.index import refine as R

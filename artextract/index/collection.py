@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import IngestFolderConfig, StorageConfig
 from artextract.index import versions as V
 from artextract.ingest import folder

@@ -48,11 +48,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import ConfigError, IndexBuildConfig, SearchConfig, StorageConfig, save_resolved
 from artextract.index import versions as V
 from artextract.index.copy_rank import apply_copies, hit_image
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 
 log = logging.getLogger(__name__)

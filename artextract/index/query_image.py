@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import ConfigError, EmbedConfig, SearchConfig, StorageConfig
 from artextract.index import versions as V
 

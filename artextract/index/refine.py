@@ -25,7 +25,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.index import versions as V
 

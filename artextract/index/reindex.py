@@ -31,12 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from artextract import manifest as mf
-from artextract import storage
+from artextract.core import storage
 from artextract.config import ConfigError, EmbedConfig, PreprocessConfig, ReindexConfig, save_resolved
 from artextract.index import collection as C
 from artextract.index import versions as V
 from artextract.index.lock import index_lock
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.index.lock import check_held
 from artextract.manifest import shard_name

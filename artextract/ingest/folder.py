@@ -12,10 +12,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from artextract import manifest, storage
+from artextract import manifest
+
+from artextract.core import storage
 from artextract.config import IngestFolderConfig
 from artextract.ingest import probe
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 
 log = logging.getLogger(__name__)
 

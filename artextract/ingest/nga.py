@@ -10,10 +10,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from artextract import manifest, storage
+from artextract import manifest
+
+from artextract.core import storage
 from artextract.config import IngestNgaConfig, StorageConfig
 from artextract.ingest.nga_download import Fetched, Job, download
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 
 log = logging.getLogger("artextract.ingest.nga")
 

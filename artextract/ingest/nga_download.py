@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import requests
 from PIL import Image, UnidentifiedImageError
 
-from artextract import http, storage
+from artextract.core import http, storage
 from artextract.config import DownloadConfig, StorageConfig
 
 log = logging.getLogger("artextract.ingest.nga")

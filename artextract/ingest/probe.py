@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import IngestFolderConfig, StorageConfig
 
 log = logging.getLogger(__name__)

@@ -118,7 +118,7 @@ def _imagenet_state_dict(name: str, spec: BackboneSpec) -> dict[str, torch.Tenso
 
 
 def _uri_state_dict(uri: str, storage: StorageConfig | None) -> dict[str, torch.Tensor]:
-    from artextract.storage import read_bytes
+    from artextract.core.storage import read_bytes
 
     state = torch.load(io.BytesIO(read_bytes(uri, storage)), map_location="cpu", weights_only=True)
     # Accept training checkpoints that wrap the weights, and DDP's "module." prefix.

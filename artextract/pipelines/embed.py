@@ -19,12 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract import console, storage
+from artextract import console
+
+from artextract.core import storage
 from artextract.config import EmbedConfig, StorageConfig
 from artextract.manifest import shard_name
 from artextract.pipelines import shards
 from artextract.pipelines.ray_env import actor_device, capacity, cluster_counts, gpu_pool, init_ray
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 from artextract.stages.embed import EmbedStage, model_version_of
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from artextract import console, manifest as mf
-from artextract import storage
+from artextract.core import storage
 from artextract.config import FacesConfig, PreprocessConfig, Resources
 from artextract.pipelines import shards
 from artextract.pipelines.ray_env import actor_device, capacity, cluster_counts, gpu_pool, init_ray
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 from artextract.stages.faces import FaceStage
 from artextract.stages.read import ReadDecodeStage
 from artextract.stages.write import ShardWriter

@@ -8,7 +8,7 @@ live on several nodes -- and that part already exists: ``parallel=ray`` makes th
 so scaling out needs no second web stack.
 
 Images are proxied: ``/api/image/...`` and ``/api/face/...`` stream bytes read through
-:mod:`artextract.storage`; no response carries a bucket URI (error texts are redacted too).
+:mod:`artextract.core.storage`; no response carries a bucket URI (error texts are redacted too).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import ServeConfig
 from artextract.serve.catalog import discover_reports
 from artextract.serve.engine import Engine, QueryError, Served, face_url, image_url, redactor

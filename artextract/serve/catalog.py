@@ -1,5 +1,5 @@
 """What the server knows about each indexed image besides its vectors: metadata, face boxes and
-poses, and the JPEG bytes it shows -- all read through :mod:`artextract.storage`, never linked.
+poses, and the JPEG bytes it shows -- all read through :mod:`artextract.core.storage`, never linked.
 
 Where it comes from (first that applies, per index version):
 
@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.index import versions as V
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import SearchConfig, ServeConfig
 from artextract.index import versions as V
 from artextract.serve.catalog import LRU, Catalog, indexed_ids

@@ -33,7 +33,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.models.embedding import EmbeddingNet
 from artextract.stages.device import resolve_device

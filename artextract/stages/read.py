@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import DecodeConfig, StorageConfig
 from artextract.stages.decode import Quarantine, configure_pil, decode, encode_jpeg, resize_long_side
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.manifest import shard_name
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import StorageConfig
 
 FORMAT = "artextract.train/1"

@@ -16,12 +16,12 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import ClassifierTrainConfig
 from artextract.data.mix import mix_batch
 from artextract.losses.multitask import CLASS_WEIGHT_POWER, MultiTaskLoss, balanced_weights
 from artextract.models.crnn import CRNNClassifier
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 from artextract.train import data as tdata
 from artextract.train.checkpoint import checkpoint_uri
 

@@ -17,11 +17,11 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import EvaluateClassifierConfig
 from artextract.eval.classifier_report import ClassifierPredictions, TaskPredictions, write_classifier_report
 from artextract.models.crnn import CRNNClassifier
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 from artextract.train import checkpoint as ckpt
 from artextract.train import data as tdata
 

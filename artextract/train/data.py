@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import ClassifierDataConfig, StorageConfig
 from artextract.data.augment import IMAGENET_MEAN, IMAGENET_STD
 

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import OptimConfig, StorageConfig, TrainRunConfig
 from artextract.train import checkpoint as ckpt
 from artextract.train.param_groups import param_groups, set_backbone_frozen, set_bn_eval

@@ -22,7 +22,9 @@ import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from artextract import console, storage
+from artextract import console
+
+from artextract.core import storage
 from artextract.config import RayConfig, Resources, StorageConfig
 from artextract.pipelines.ray_env import capacity
 from artextract.train.loop import Launch, WorkerContext, fit

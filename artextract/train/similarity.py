@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import SimilarityTrainConfig
 from artextract.data.augment import reproduction_transform
 from artextract.data.sampler import MPerClassBatchSampler
@@ -25,7 +25,7 @@ from artextract.eval.retrieval import retrieval_metrics
 from artextract.losses import build_loss
 from artextract.losses.distributed import GatherLoss
 from artextract.models.embedding import EmbeddingNet
-from artextract.runinfo import JobRun
+from artextract.core.runinfo import JobRun
 from artextract.train import checkpoint as ckpt
 from artextract.train import data as tdata
 

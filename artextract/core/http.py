@@ -17,7 +17,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.util.retry import Retry
 
-from artextract.config import StorageConfig
+from artextract.core.schema import StorageConfig
 
 _local = threading.local()
 CHUNK = 1 << 16

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from artextract import storage
+from artextract.core import storage
 from artextract.config import save_resolved
 
 _PACKAGES = ("artextract", "ray", "torch", "torchvision", "facenet-pytorch", "pyarrow", "faiss-cpu",

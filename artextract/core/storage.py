@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from artextract.config import StorageConfig
+from artextract.core.schema import StorageConfig
 
 HTTP_SCHEMES = ("http://", "https://")
 # The AWS SDK retries failed requests, but not a response whose body breaks off mid-stream or an
@@ -169,7 +169,7 @@ def read_bytes(uri: str, cfg: StorageConfig | None = None, limit: int | None = N
     """Read a whole object, or with ``limit`` at most ``limit + 1`` bytes (so a caller can tell "too
     large" without holding the rest). Raises FileNotFoundError, or OSError for transport failures."""
     if uri.startswith(HTTP_SCHEMES):
-        from artextract.http import get_bytes
+        from artextract.core.http import get_bytes
 
         return get_bytes(uri, cfg or StorageConfig(), limit)
     loc = filesystem_for(uri, cfg)
