@@ -25,7 +25,7 @@ from artextract.index import versions as V
 from artextract.index.lock import index_lock
 from artextract.index.exact import METRICS
 from artextract.index.shard import ShardSearcher, search_shards
-from artextract.index.segments import write_template
+from artextract.index.segments import build_shard, write_template
 
 FLAT_THRESHOLD = 50_000
 COMPRESS_THRESHOLD = 4_000_000
@@ -79,14 +79,6 @@ def train_refine(vectors: np.ndarray, factory: str, metric: str = "ip", train_si
     if codec is None:
         return None
     return R.train_codec(codec, vectors.shape[1], METRICS[metric], _sample(vectors, train_size, seed))
-
-
-def build_shard(template: bytes, vectors: np.ndarray, ids: np.ndarray) -> bytes:
-    """Copy the trained empty ``template`` index, add (vectors, ids), return the serialized shard."""
-    index = faiss.deserialize_index(np.frombuffer(template, dtype=np.uint8))
-    if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-    return faiss.serialize_index(index).tobytes()
 
 
 def ids_table(ids: np.ndarray, image_ids: list[str], faces: np.ndarray) -> pa.Table:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from artextract.index.build import build_shard
+from artextract.index.segments import build_shard
 
 
 @ray.remote(num_cpus=1)

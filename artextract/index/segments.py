@@ -39,6 +39,7 @@ from artextract.core import storage
 from artextract.config import StorageConfig
 from artextract.index import refine as R
 from artextract.index import versions as V
+from artextract.index.versions import homes  # noqa: F401 - its historic home: callers import it from here
 
 def load_shard(out_uri: str, version: int, entry: dict[str, Any], cfg: StorageConfig | None = None,
                verify: bool = True) -> tuple[faiss.Index, bytes]:
@@ -76,22 +77,20 @@ def with_home(entry: dict[str, Any], version: int) -> dict[str, Any]:
     return out
 
 
-def homes(manifest: dict[str, Any]) -> set[int]:
-    """Versions whose directories hold files this manifest's shards use."""
-    own = int(manifest["version"])
-    found = set()
-    for e in manifest.get("shards", []):
-        found.add(int(e.get("home", own)))
-        for part in ("delta", "tombstones"):
-            if e.get(part):
-                found.add(int(e[part].get("home", own)))
-    return found
-
-
 def _bytes_of(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
+
+
+# ------------------------------------------------------------------------------------ building
+
+def build_shard(template: bytes, vectors: np.ndarray, ids: np.ndarray) -> bytes:
+    """Copy the trained empty ``template`` index, add (vectors, ids), return the serialized shard."""
+    index = faiss.deserialize_index(np.frombuffer(template, dtype=np.uint8))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return faiss.serialize_index(index).tobytes()
 
 
 # ------------------------------------------------------------------------------------ template

@@ -153,8 +153,6 @@ def prune(out_uri: str, keep: int, cfg: StorageConfig | None = None) -> list[int
     """Delete all but the ``keep`` highest versions (never the published one); returns the deleted.
     A version whose files a kept version still uses (the base shards under a delta update, see
     segments.py) stays until compaction or a rebuild releases it."""
-    from artextract.index.segments import homes
-
     if keep < 1:
         raise ValueError("keep must be >= 1")
     versions = list_versions(out_uri, cfg)
@@ -188,3 +186,15 @@ def copy_file(src_uri: str, dst_uri: str, cfg: StorageConfig | None = None) -> N
         src.fs.copy_file(src.path, dst.path)
     else:
         storage.write_bytes(dst_uri, storage.read_bytes(src_uri, cfg), cfg)
+
+
+def homes(manifest: dict[str, Any]) -> set[int]:
+    """Versions whose directories hold files this manifest's shards use."""
+    own = int(manifest["version"])
+    found = set()
+    for e in manifest.get("shards", []):
+        found.add(int(e.get("home", own)))
+        for part in ("delta", "tombstones"):
+            if e.get(part):
+                found.add(int(e[part].get("home", own)))
+    return found
