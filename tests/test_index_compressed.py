@@ -176,3 +176,37 @@ def test_s3_index_with_codes_on_disk_uses_a_local_cached_copy(tmp_path, s3_bucke
     stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
     IndexReader(remote, s3_storage, cache_dir=str(cache))
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == stamps
+
+
+def test_fast_scan_conversion_frees_the_4bit_copy():
+    """The shard keeps one copy of its codes: nothing inside the fast-scan index keeps the loaded 4-bit
+    index alive (faiss's Python constructor records its argument), so it is freed once the loader lets go
+    of it, and the fast-scan index, which now owns the coarse quantizer, still searches."""
+    import gc
+    import weakref
+
+    import faiss
+
+    from artextract.index.fastscan import to_fast_scan
+
+    x = np.random.default_rng(0).normal(size=(2000, D)).astype(np.float32)
+    four_bit = faiss.index_factory(D, "IVF8,PQ8x4np")
+    four_bit.train(x)
+    four_bit.add(x)
+    gone = weakref.ref(four_bit)
+    fs = to_fast_scan(four_bit)
+    del four_bit
+    gc.collect()
+    assert gone() is None and fs.ntotal == 2000
+    fs.nprobe = 8
+    assert (fs.search(x[:5], 1)[1][:, 0] == np.arange(5)).mean() >= 0.6
+
+
+def test_tuning_sweeps_only_what_is_not_fixed(tmp_path, data):
+    m = build_index(data, str(tmp_path / "a"), shards=2, factory="IVF16,PQ8x4fs,RFlat", nprobe=4, target_recall=0.9)
+    assert m["nprobe"] == 4 and {p["nprobe"] for p in m["tuning"]["points"]} == {4}
+    assert m["refine"]["k_factor"] == m["tuning"]["chosen"]["k_factor"]
+    # no IVF lists: the re-ranking depth is still tuned (k_factor 1 would only reorder the top k)
+    m = build_index(data, str(tmp_path / "b"), shards=2, factory="PQ4x4fs,RFlat", target_recall=0.9)
+    assert {p["nprobe"] for p in m["tuning"]["points"]} == {None} and m["refine"]["k_factor"] > 1
+    assert m["recall_at_10"] >= 0.9

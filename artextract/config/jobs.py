@@ -179,12 +179,19 @@ class ReaderOptions(Strict):
                                      "with refine_store=disk; None = <tmp>/artextract-refine")
     shard_memory_factor: float = Field(2.0, gt=0, description="Ray shard actors request this x their bytes "
                                        "in RAM as Ray memory, so they are placed by memory")
+    shard_place_timeout_s: float = Field(900.0, gt=0, description="Ray shard actors not all placed by then "
+                                         "fail the load, naming what they asked for (a serve reload needs "
+                                         "room for the new version's shards while the old ones still serve)")
     verify: bool = Field(True, description="check shard sha256 against index.json while loading")
 
     def reader_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of IndexReader / RayIndexReader (memory_factor: Ray only)."""
+        """Keyword arguments of IndexReader / RayIndexReader (ray_kwargs: Ray only)."""
         return {"nprobe": self.nprobe, "verify": self.verify, "k_factor": self.k_factor,
                 "store": self.refine_store, "cache_dir": self.refine_cache}
+
+    def ray_kwargs(self) -> dict[str, Any]:
+        """The RayIndexReader-only keyword arguments."""
+        return {"memory_factor": self.shard_memory_factor, "place_timeout_s": self.shard_place_timeout_s}
 
 
 class IndexBuildConfig(IndexTypeOptions):

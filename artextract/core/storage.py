@@ -9,6 +9,7 @@ completes, so a crash never leaves a half-written file visible under its final n
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import posixpath
@@ -175,6 +176,19 @@ def read_bytes(uri: str, cfg: StorageConfig | None = None, limit: int | None = N
     loc = filesystem_for(uri, cfg)
     with loc.fs.open_input_stream(loc.path) as f:
         return f.read() if limit is None else f.read(limit + 1)
+
+
+@_s3_retry
+def download(uri: str, dest: str, cfg: StorageConfig | None = None, chunk: int = 16 << 20) -> str:
+    """Stream an object into the local file ``dest`` (rewritten from the start on a retry), a chunk
+    at a time so a large object never sits in memory whole; returns its sha256 hex digest."""
+    loc = filesystem_for(uri, cfg)
+    digest = hashlib.sha256()
+    with loc.fs.open_input_stream(loc.path) as src, open(dest, "wb") as out:
+        while block := src.read(chunk):
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()
 
 
 @_s3_retry

@@ -120,14 +120,16 @@ def measure_recall(searchers: list[ShardSearcher], vectors: np.ndarray, ids: np.
 
 
 def tune_search(searchers: list[ShardSearcher], vectors: np.ndarray, ids: np.ndarray, metric: str,
-                target: float, queries: int = 200, k: int = 10, seed: int = 0
-                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(chosen {nprobe, k_factor, recall, ms_per_query}, all points): tune.tune over the shards."""
+                target: float, queries: int = 200, k: int = 10, seed: int = 0, nprobe: int | None = None,
+                k_factor: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(chosen {nprobe, k_factor, recall, ms_per_query}, all points): tune.tune over the shards,
+    sweeping what is not fixed (nprobe only on IVF, k_factor only with re-ranking codes)."""
     q, me = T.sample_queries(vectors, ids, queries, seed)
     search = lambda qq, kk, npb, kf: search_shards(searchers, qq, kk, metric, npb, kf)  # noqa: E731
     ivf = faiss.try_extract_index_ivf(searchers[0].index)
-    return T.tune(search, q, me, T.truth(vectors, ids, q, me, k, metric), k, ivf.nlist,
-                  searchers[0].refine is not None, target)
+    nprobes = [nprobe] if nprobe or ivf is None else T.nprobe_grid(ivf.nlist)
+    k_factors = [k_factor or 1] if k_factor or searchers[0].refine is None else list(T.K_FACTORS)
+    return T.tune(search, q, me, T.truth(vectors, ids, q, me, k, metric), k, nprobes, k_factors, target)
 
 
 def read_embeddings(embeddings_uri: str, cfg: StorageConfig | None = None) -> pa.Table:
@@ -188,9 +190,10 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
                                   fast_scan=fast_scan)
                  for b, c, p in zip(blobs, codes, parts)]
     tuned: dict[str, Any] = {}
-    if faiss.try_extract_index_ivf(searchers[0].index) is not None and len(ids) > 1 and (
-            nprobe is None or (codec is not None and k_factor is None)):
-        best, points = tune_search(searchers, vectors, ids, metric, target_recall, recall_queries, 10, seed)
+    ivf = faiss.try_extract_index_ivf(searchers[0].index) is not None
+    if len(ids) > 1 and ((ivf and nprobe is None) or (codec is not None and k_factor is None)):
+        best, points = tune_search(searchers, vectors, ids, metric, target_recall, recall_queries, 10, seed,
+                                   nprobe, k_factor)
         nprobe = nprobe or best["nprobe"]
         k_factor = k_factor or (best["k_factor"] if codec is not None else None)
         tuned = {"tuning": {"target_recall": target_recall, "chosen": best, "points": points}}

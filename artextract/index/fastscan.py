@@ -42,8 +42,14 @@ def to_fast_scan(index: faiss.Index) -> faiss.Index:
         # the coarse quantizer is shared, not copied: hand its ownership over so the 4-bit index
         # (and its codes, now duplicated in fast-scan blocks) can be freed
         index.own_fields, fs.own_fields = False, True
+        # faiss's Python constructor keeps ``index`` alive inside ``fs`` (referenced_objects): drop it,
+        # or every shard would hold its codes twice; orig_invlists would dangle (debug search modes only)
+        fs.referenced_objects = []
+        fs.orig_invlists = None
         return fs
     if isinstance(index, faiss.IndexPQ):
-        return faiss.IndexPQFastScan(index)
+        fs = faiss.IndexPQFastScan(index)  # copies the codebook and packs the codes
+        fs.referenced_objects = []
+        return fs
     raise ValueError(f"no fast-scan form of {type(index).__name__}")
 

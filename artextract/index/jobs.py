@@ -151,8 +151,7 @@ def open_reader(cfg: SearchConfig):
         from artextract.pipelines.ray_env import init_ray
 
         init_ray(cfg.ray)
-        return RayIndexReader(cfg.index, cfg.storage, memory_factor=cfg.shard_memory_factor,
-                              **cfg.reader_kwargs()), FAN_OUT[mode]
+        return RayIndexReader(cfg.index, cfg.storage, **cfg.reader_kwargs(), **cfg.ray_kwargs()), FAN_OUT[mode]
     from artextract.index.search import IndexReader
 
     return IndexReader(cfg.index, cfg.storage, **cfg.reader_kwargs()), FAN_OUT[mode]

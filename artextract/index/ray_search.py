@@ -85,6 +85,7 @@ class RayIndexReader(BaseIndexReader):
         refine_store = self.store or (self.refine or {}).get("store")
         self.retries, self.restart_wait_s = retries, restart_wait_s
         self.stats = {"queries": 0, "retried": 0, "failed": 0}
+        self._lost: str | None = None  # set once a shard did not come back: later queries fail at once
         device = "auto" if float(cluster.get("GPU", 0.0)) > 0 else "cpu"
         token = uuid.uuid4().hex[:8]
         remote = ray.remote(ShardSearcher)
@@ -134,6 +135,9 @@ class RayIndexReader(BaseIndexReader):
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
         if not self.actors:
             raise RuntimeError("RayIndexReader is closed")
+        if self._lost:
+            self.stats["failed"] += len(queries)
+            raise RuntimeError(self._lost)
         q = ray.put(queries)  # one object shared by every actor instead of one copy per call
         live = [a for a, c in zip(self.actors, self._counts) if c]
         self.stats["queries"] += len(queries)
@@ -146,22 +150,28 @@ class RayIndexReader(BaseIndexReader):
                 if attempt == self.retries or getattr(exc, "actor_init_failed", False):
                     self.stats["failed"] += len(queries)
                     raise _actor_error(exc) from None
-                self.stats["retried"] += len(queries)
                 log.warning("a search shard died (%s); retrying once it restarts", type(exc).__name__)
-                self._wait_restarted(live)
+                if not self._wait_restarted(live):
+                    self.stats["failed"] += len(queries)
+                    self._lost = (f"a search shard did not come back within {self.restart_wait_s:.0f} s "
+                                  f"(restarts used up, or no node with room): reopen the index")
+                    raise RuntimeError(self._lost) from None
+                self.stats["retried"] += len(queries)
         raise AssertionError("unreachable")
 
-    def _wait_restarted(self, actors: list[Any]) -> None:
-        """Block until every actor answers again (Ray restarts it on a node with room), bounded."""
+    def _wait_restarted(self, actors: list[Any]) -> bool:
+        """Block until every actor answers again (Ray restarts it on a node with room), at most
+        ``restart_wait_s``; False when one did not come back (permanently dead: restarts used up)."""
         deadline = time.monotonic() + self.restart_wait_s
         while True:
             try:
                 ray.get([a.info.remote() for a in actors], timeout=max(1.0, deadline - time.monotonic()))
-                return
+                return True
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                if time.monotonic() >= deadline:
-                    return  # the retry itself then fails with the actor's error
-                time.sleep(0.5)
+                pass  # still restarting (or dead for good: the deadline decides)
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
     def _reconstruct_shard(self, shard: int, ids: list[int]) -> np.ndarray:
         return self._get([self.actors[shard].reconstruct.remote(ids)])[0]

@@ -86,24 +86,30 @@ def write_codes(out_uri: str, version: int, rel: str, codes: np.ndarray, cfg: St
 
 def _local_copy(uri: str, entry: dict[str, Any], cfg: StorageConfig | None, cache_dir: str | None,
                 verify: bool) -> str:
-    """A local path of the codes file: itself when local, else a cached copy named by its sha256
-    (downloaded once, checked, renamed into place so concurrent readers never see half a file)."""
+    """A local path of the codes file: itself when local (checked by size), else a cached copy named
+    by its sha256 -- streamed to a private temp file, checked, then renamed into place, so concurrent
+    loaders never see half a file; a cached copy is reused after a size check. The cache is never
+    pruned by us: files of versions no longer served may be deleted whenever no reader is loading."""
     if not storage.is_remote(uri):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        path = storage.filesystem_for(uri, cfg).path
         if os.path.getsize(path) != entry["bytes"]:
             raise V.ChecksumError(f"{uri} has {os.path.getsize(path)} bytes, index.json says {entry['bytes']}")
         return path
     root = cache_dir or os.path.join(tempfile.gettempdir(), "artextract-refine")
     os.makedirs(root, exist_ok=True)
     path = os.path.join(root, f"{entry['sha256']}.npy")
-    if not os.path.exists(path):
-        data = storage.read_bytes(uri, cfg)
-        if verify and V.sha256(data) != entry["sha256"]:
-            raise V.ChecksumError(f"checksum mismatch for {uri}")
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
+    if os.path.exists(path) and os.path.getsize(path) == entry["bytes"]:
+        return path
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{entry['sha256'][:16]}-", suffix=".tmp")
+    os.close(fd)
+    try:
+        digest = storage.download(uri, tmp, cfg)
+        if verify and digest != entry["sha256"]:
+            raise V.ChecksumError(f"checksum mismatch for {uri}: expected {entry['sha256']}, got {digest}")
         os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 

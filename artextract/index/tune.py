@@ -57,13 +57,23 @@ def _timed(search: SearchFn, q: np.ndarray, k: int, nprobe: int | None, k_factor
     return float(np.median(times))
 
 
-def tune(search: SearchFn, q: np.ndarray, self_ids: np.ndarray, exact: list[set[int]], k: int, nlist: int,
-         refine: bool, target: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(chosen point {nprobe, k_factor, recall, ms_per_query}, every point measured)."""
+def nprobe_grid(nlist: int | None) -> list[int | None]:
+    """nprobe values to sweep: powers of two below nlist, then nlist itself (capped at 256); [None]
+    for an index without IVF lists."""
+    if not nlist:
+        return [None]
+    return sorted({p for p in NPROBES if p < nlist} | {min(nlist, NPROBES[-1])})
+
+
+def tune(search: SearchFn, q: np.ndarray, self_ids: np.ndarray, exact: list[set[int]], k: int,
+         nprobes: list[int | None], k_factors: list[int], target: float
+         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(chosen point {nprobe, k_factor, recall, ms_per_query}, every point measured) over the grid
+    ``nprobes`` x ``k_factors`` (a fixed parameter is a one-value list)."""
     points: list[dict[str, Any]] = []
-    for nprobe in [p for p in NPROBES if p <= nlist] or [nlist]:
+    for nprobe in nprobes:
         met_at_first = False
-        for i, kf in enumerate(K_FACTORS if refine else (1,)):
+        for i, kf in enumerate(k_factors):
             r = recall(search, q, self_ids, exact, k, nprobe, kf)
             ms = 1000 * _timed(search, q, k, nprobe, kf) / max(len(q), 1)
             points.append({"nprobe": nprobe, "k_factor": kf, "recall": r, "ms_per_query": round(ms, 4)})

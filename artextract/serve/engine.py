@@ -92,8 +92,8 @@ class Engine:
             from artextract.pipelines.ray_env import init_ray
 
             init_ray(self.cfg.ray)
-            reader = RayIndexReader(self.cfg.index, self.cfg.storage, version=version,
-                                    memory_factor=self.cfg.shard_memory_factor, **self.cfg.reader_kwargs())
+            reader = RayIndexReader(self.cfg.index, self.cfg.storage, version=version, **self.cfg.reader_kwargs(),
+                                    **self.cfg.ray_kwargs())
         else:
             from artextract.index.search import IndexReader
 
