@@ -137,11 +137,11 @@ def read_embeddings(embeddings_uri: str, cfg: StorageConfig | None = None) -> pa
     return storage.read_parquet(embeddings_uri, cfg, columns=["image_id", "face_idx", "vector", "model_version"])
 
 
-def _shard_codes(codec_blob: bytes | None, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+def _shard_codes(codec: faiss.Index | None, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
     """A shard's refine codes in id-map order (None without refine)."""
-    if codec_blob is None:
+    if codec is None:
         return None
-    return R.sorted_codes(ids, R.encode(R.load_codec(codec_blob), vectors))
+    return R.sorted_codes(ids, R.encode(codec, vectors))
 
 
 def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, factory: str | None = None,
@@ -183,10 +183,11 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
         blobs = [build_shard(template, vectors[p], ids[p]) for p in parts]
     else:
         raise ValueError(f"parallel must be 'local' or 'ray', not {parallel!r}")
-    codes = [_shard_codes(codec, vectors[p], ids[p]) for p in parts]
+    codec_index = R.load_codec(codec) if codec is not None else None  # deserialized once for every shard
+    codes = [_shard_codes(codec_index, vectors[p], ids[p]) for p in parts]
     fast_scan = FS.stored_factory(factory)[1]
     searchers = [ShardSearcher.of(faiss.deserialize_index(np.frombuffer(b, dtype=np.uint8)),
-                                  None if c is None else R.RefineStore(R.load_codec(codec), [(np.sort(ids[p]), c)]),
+                                  None if c is None else R.RefineStore(codec_index, [(np.sort(ids[p]), c)]),
                                   fast_scan=fast_scan)
                  for b, c, p in zip(blobs, codes, parts)]
     tuned: dict[str, Any] = {}

@@ -70,10 +70,8 @@ def sorted_codes(ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 def npy_bytes(codes: np.ndarray) -> bytes:
     """``codes`` as the bytes of a .npy file (memory-mappable)."""
-    header = np.lib.format.header_data_from_array_1_0(codes)
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, header)
-    buf.write(np.ascontiguousarray(codes).tobytes())
+    np.save(buf, np.ascontiguousarray(codes), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -180,10 +178,9 @@ class RefineStore:
             return out
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if not self.flat:
-            vec = self.vectors(ids[valid])
-            diff = vec - q[np.nonzero(valid)[0]] if metric == "l2" else None
-            out[valid] = np.einsum("nd,nd->n", vec, q[np.nonzero(valid)[0]]) if diff is None else \
-                np.einsum("nd,nd->n", diff, diff)
+            vec, qv = self.vectors(ids[valid]), q[np.nonzero(valid)[0]]
+            other = qv if metric == "ip" else vec - qv  # ip: <v, q>; l2: <v-q, v-q>
+            out[valid] = np.einsum("nd,nd->n", other if metric == "l2" else vec, other)
             return out
         seg, rows = self._locate(np.where(valid, ids, self._ids[0]))
         fn = faiss.fvec_inner_products_by_idx if metric == "ip" else faiss.fvec_L2sqr_by_idx
