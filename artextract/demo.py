@@ -12,7 +12,7 @@ import os
 
 from artextract import demo_models
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import DemoConfig, IngestFolderConfig
 from artextract.ingest import folder
 from artextract.pipelines import preprocess
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 def _check_expected(expected: dict[str, str], pre_out: str, cfg: DemoConfig) -> dict[str, int]:
     """Compare each sample file's outcome with the one the sample registry promises."""
-    images = storage.read_parquet(storage.join(pre_out, "images"), cfg.storage,
-                                  columns=["relpath", "status", "reason"]).to_pylist()
+    images = layout.PreprocessOutput(pre_out, cfg.storage).images.read(
+        columns=["relpath", "status", "reason"]).to_pylist()
     got = {r["relpath"]: ("ok" if r["status"] == "ok" else r["reason"]) for r in images}
     bad = {f: (exp, got.get(f)) for f, exp in expected.items() if got.get(f) != exp}
     for f, (exp, g) in bad.items():

@@ -13,7 +13,8 @@ from artextract.synthetic_styles import write_labelled_collection
 
 def classifier_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Generate a labelled collection, train the CNN-RNN briefly, evaluate on its test split."""
-    from artextract.train import classifier, classifier_eval
+    from artextract.train import classifier
+    from artextract.eval import classifier as classifier_eval
 
     root = storage.join(cfg.out, "classifier")
     manifest = write_labelled_collection(storage.join(root, "collection"), per_style=20, size=64, cfg=cfg.storage)
@@ -33,7 +34,7 @@ def classifier_demo(cfg: DemoConfig) -> dict[str, Any]:
 def similarity_demo(cfg: DemoConfig, pre_out: str) -> dict[str, Any]:
     """Train a tiny triplet model on the detected faces, embed them, index them, write a query grid."""
     from artextract.eval import similarity as eval_sim
-    from artextract.index.jobs import run_build
+    from artextract.jobs.index_build import run_build
     from artextract.pipelines import embed
     from artextract.train import similarity
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import StorageConfig
 
 CORE_SCHEMA = pa.schema([
@@ -70,6 +70,6 @@ def write(table: pa.Table, out_uri: str, shard_rows: int, cfg: StorageConfig | N
 
 def read(uri: str, cfg: StorageConfig | None = None) -> pa.Table:
     """Read a manifest (a directory of shards or one parquet file), validated."""
-    table = conform(storage.read_parquet(uri, cfg))
+    table = conform(layout.Manifest(uri, cfg).read())
     validate(table)
     return table

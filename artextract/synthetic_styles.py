@@ -18,7 +18,7 @@ from artextract import manifest
 
 from artextract.core import storage
 from artextract.config import StorageConfig
-from artextract.models.registry import Registry
+from artextract.core.registry import Registry
 
 Painter = Callable[[ImageDraw.ImageDraw, np.random.Generator, int, tuple[int, int, int]], None]
 STYLES: Registry[Painter] = Registry("synthetic style")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
 from benchmarks import preprocess as bp
 
 
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="markdown file to write (default docs/benchmarks.md; --quick: a temp file)")
     p.add_argument("--quick", action="store_true", help="smoke run on a few generated images, 1 repeat")
     p.add_argument("--repeats", type=int, default=None, help="runs per variant; median and best reported (default 2)")
-    p.add_argument("--images", help=f"local folder of images (default {bp.DEFAULT_IMAGES})")
+    p.add_argument("--images", help=f"local folder of images (default {harness.DEFAULT_IMAGES})")
     p.add_argument("--variants", default="naive,ray_local,ray_s3",
                    help="main-table variants to run, comma-separated ('' for none: sweep only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -76,7 +77,7 @@ def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path,
         write_collection(images, {k: CASES[k] for k in bp.QUICK_CASES})
         out = Path(args.out) if args.out else Path(tempfile.mkstemp(prefix="benchmarks-quick-", suffix=".md")[1])
     else:
-        images = Path(args.images) if args.images else bp.DEFAULT_IMAGES
+        images = Path(args.images) if args.images else harness.DEFAULT_IMAGES
         out = Path(args.out or "docs/benchmarks.md")
         if not images.is_dir() or not any(images.iterdir()):
             print(f"bench: no images at {images}: the preprocess benchmark needs the real data in "
@@ -92,7 +93,7 @@ def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path,
     variants = [v for v in variants if v.key in keys]
     sweep = bp.sweep_variants([tuple(c.split()) for c in args.sweep_config] or None) \
         if args.sweep or args.sweep_config else []
-    info = bp.machine()
+    info = harness.machine()
     idle_wait = args.wait_idle if args.wait_idle is not None else (0.0 if args.quick else 300.0)
     bench = bp.Bench(images=images, work=work / "runs", repeats=repeats, timeout=args.timeout,
                      log=lambda m: print(m, flush=True), idle_wait=idle_wait, save_to=work / "runs.json",
@@ -100,7 +101,7 @@ def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path,
     bench.work.mkdir(parents=True, exist_ok=True)
     bench.meta = {"command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv),
                   "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "info": info,
-                  "commit": bp.git_commit(),
+                  "commit": harness.git_commit(),
                   "quick": args.quick, "images_desc": bp.describe(images), "main": [v.key for v in variants],
                   "sweep": [v.key for v in sweep], "loads": [os.getloadavg()[0]] * 2,
                   "ray_address": args.ray_address}
@@ -109,7 +110,7 @@ def _run(args: argparse.Namespace, argv: list[str], repeats: int, work: Path,
     s3 = None
     try:
         if any(v.source == "s3" for v in variants):
-            from benchmarks.s3server import LocalS3
+            from tests.fixtures.s3 import LocalS3
 
             s3 = LocalS3().__enter__()
             bench.s3 = s3
@@ -142,7 +143,7 @@ def _report(bench: bp.Bench, out: Path, sink: dict[str, Any] | None = None) -> i
     sweep = bench.variants(bench.meta.get("sweep"))
     if sweep:
         sections.append((bp.TUNING_SECTION, bp.tuning_section(bench, sweep)))
-    bp.write_doc(out, sections)
+    harness.write_doc(out, sections)
     for _, text in sections:
         print(text)
     print(f"bench: wrote {out}", flush=True)

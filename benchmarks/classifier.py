@@ -31,7 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from artextract.core import storage
-from benchmarks.preprocess import git_commit, machine, write_doc
+from benchmarks.harness import git_commit, machine, write_doc
 from benchmarks.weights import mobilenet_v2_imagenet
 from artextract.config import ClassifierTrainConfig, EvaluateClassifierConfig, IngestWikiartConfig, load_config
 from artextract.eval.metrics import classification_metrics
@@ -61,7 +61,7 @@ def classical_features(data: bytes) -> np.ndarray:
 def _probe_features(weights: str) -> Callable[[list[bytes]], np.ndarray]:
     """Frozen ImageNet MobileNetV2 -> global average pool (1280), mean of the image and its mirror."""
     from artextract.models.backbones import build_backbone
-    from artextract.train import data as tdata
+    from artextract.data import loaders as tdata
 
     net, _ = build_backbone("mobilenet_v2", weights)
     net.eval()
@@ -82,7 +82,7 @@ def fit_logistic(run: str, manifest: str, features: Callable[[list[bytes]], np.n
                  cs: tuple[float, ...]) -> dict[str, dict[str, Any]]:
     """Logistic regression per task on the run's split: C picked on val (balanced accuracy), refit on
     train+val, scored on test with the same metrics as ``evaluate classifier``."""
-    from artextract.train import data as tdata
+    from artextract.data import loaders as tdata
 
     splits = storage.read_parquet(storage.join(run, "splits.parquet"))
     keys = tdata.load_rows(manifest, TASKS, None)
@@ -108,7 +108,8 @@ def fit_logistic(run: str, manifest: str, features: Callable[[list[bytes]], np.n
 
 
 def _train_and_evaluate(config: str, work: Path, name: str, overrides: list[str], reuse: bool) -> dict[str, Any]:
-    from artextract.train import classifier, classifier_eval
+    from artextract.train import classifier
+    from artextract.eval import classifier as classifier_eval
 
     run, report = work / f"run-{name}", work / f"eval-{name}"
     done = run / "summary.json"

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.preprocess import DEFAULT_IMAGES, git_commit, machine, wait_for_idle, write_doc
+from benchmarks.harness import DEFAULT_IMAGES, git_commit, machine, wait_for_idle, write_doc
 
 SECTION = "Embed (Ray Data vs DataLoader)"
 GOAL = 0.95

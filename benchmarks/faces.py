@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.preprocess import REPO, git_commit, machine, write_doc
+from benchmarks.harness import REPO, git_commit, machine, write_doc
 from artextract.config import DecodeConfig, FacesConfig
 from artextract.eval.face_metrics import evaluate, match
 from artextract.eval.faces import read_labels

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> i
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
     if args.out:
-        from benchmarks.preprocess import write_doc
+        from benchmarks.harness import write_doc
 
         write_doc(Path(args.out), [(SECTION, section(results, meta))])
     return 0

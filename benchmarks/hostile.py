@@ -210,7 +210,7 @@ SECTION = "Reliability (hostile inputs and lock races)"
 
 
 def section(rows: list[dict[str, Any]], argv: list[str], started: str) -> str:
-    from benchmarks.preprocess import git_commit, machine
+    from benchmarks.harness import git_commit, machine
 
     info = machine()
     out = [f"## {SECTION}", "",
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks.md")
     args = p.parse_args(argv)
-    from benchmarks.preprocess import write_doc
+    from benchmarks.harness import write_doc
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = run()

@@ -30,7 +30,7 @@ import pyarrow as pa
 from artextract.core import storage
 from benchmarks import index_compressed
 from benchmarks.index_report import section, write_section
-from benchmarks.preprocess import git_commit, machine
+from benchmarks.harness import git_commit, machine
 from artextract.index import IndexReader, build_index, exact_search, torch_exact_search, update_index
 from artextract.index import versions as V
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import index_compressed
-from benchmarks.preprocess import write_doc
+from benchmarks.harness import write_doc
 
 SECTION_PREFIX = "Index (sharded FAISS"
 

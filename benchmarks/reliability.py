@@ -23,8 +23,8 @@ from typing import Any
 
 from benchmarks import hostile
 from benchmarks.faultproxy import FAULT_KINDS, FaultProxy
-from benchmarks.preprocess import git_commit, machine, write_doc
-from benchmarks.s3server import LocalS3
+from benchmarks.harness import git_commit, machine, write_doc
+from tests.fixtures.s3 import LocalS3
 
 SECTION = "Reliability (S3 faults)"  # the run also writes bench.hostile's section
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks.index import make_data, table
 from benchmarks.index_report import size_label
-from benchmarks.preprocess import write_doc
+from benchmarks.harness import write_doc
 
 K = 10
 
@@ -51,7 +51,7 @@ def run_bench(n: int, dim: int, queries: int, clients: int, shards: int, work: P
     from artextract.index.build import build_index
     from artextract.index.search import IndexReader
     from artextract.serve.app import create_app
-    from benchmarks.servers import ThreadedServer
+    from tests.fixtures.servers import ThreadedServer
 
     load0 = os.getloadavg()
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from artextract.core import storage
-from benchmarks.preprocess import git_commit, machine, write_doc
+from benchmarks.harness import git_commit, machine, write_doc
 from benchmarks.weights import mobilenet_v2_imagenet
 from artextract.config import (EmbedConfig, IngestFolderConfig, IngestWikiartConfig, NearDuplicateConfig,
                                PreprocessConfig, SimilarityTrainConfig, load_config)

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks import rows as R
-from benchmarks.preprocess import HEADER, QUICK_CASES, git_commit, machine, replace_section
+from benchmarks.harness import HEADER, git_commit, machine, replace_section
+from benchmarks.preprocess import QUICK_CASES
 
 Runner = Callable[[bool, str, "Path | None"], tuple[int, dict[str, Any]]]
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.preprocess import REPO, git_commit, machine, wait_for_idle, write_doc
+from benchmarks.harness import REPO, git_commit, machine, wait_for_idle, write_doc
 
 SECTION = "Training scaling (Ray Train, 1 vs 2 workers)"
 WIKIART = REPO.parent / "shared" / "data" / "wikiart"

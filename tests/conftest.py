@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -19,28 +18,17 @@ TEST_KEY_ID = "AKIATESTARTEXTRACT01"
 TEST_SECRET = "artextract-test-secret-Zq9vX2Lr"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """A moto S3 server over real HTTP on 127.0.0.1; AWS env vars point the standard chain at it."""
-    from moto.server import ThreadedMotoServer
+    """A moto S3 server over real HTTP on 127.0.0.1 (fixtures/s3.py, shared with the benchmarks); AWS
+    env vars point the standard chain at it."""
+    from fixtures.s3 import LocalS3
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                            "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EC2_METADATA_DISABLED")}
-    os.environ.update(AWS_ACCESS_KEY_ID=TEST_KEY_ID, AWS_SECRET_ACCESS_KEY=TEST_SECRET,
-                      AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1",
-                      AWS_EC2_METADATA_DISABLED="true")
-    yield endpoint
-    server.stop()
+    with LocalS3(TEST_KEY_ID, TEST_SECRET) as s3:
+        os.environ.update(s3.env)
+        yield s3.endpoint
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

@@ -24,7 +24,7 @@ from test_serve import build_small_index, serve_config  # noqa: E402 - after the
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from artextract.serve.app import create_app
-    from benchmarks.servers import ThreadedServer
+    from fixtures.servers import ThreadedServer
 
     small = build_small_index(tmp_path_factory)
     app = create_app(serve_config(small))

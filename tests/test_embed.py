@@ -173,7 +173,7 @@ def test_pipeline_rerun_identical_and_search(demo, tmp_path, capsys):
 
 
 def test_pose_rerank_and_filter_orders_by_pose():
-    from artextract.index.pose_rank import apply_pose, pose_distance
+    from artextract.search.rerank import apply_pose, pose_distance
 
     assert pose_distance((10, 0, 0), (13, 4, 0)) == pytest.approx(5.0)
     assert pose_distance((10, 0, 0), (float("nan"), 0, 0)) is None

@@ -25,7 +25,11 @@ def test_wheel_packages_hold_no_benchmark_or_test_code():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             bad += [f"{f.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in DEV_ONLY]
-    assert not bad, bad
+    assert not bad, "\n".join(bad)
+    # every folder of modules is a regular package, else find_packages leaves it out of the wheel
+    folders = {f.parent for f in (REPO / "artextract").rglob("*.py")}
+    missing = sorted(str(d.relative_to(REPO)) for d in folders if not (d / "__init__.py").exists())
+    assert not missing, f"folders without __init__.py (not in the wheel): {missing}"
 
 
 def _own_imports(path: Path, modules: set[str]) -> set[str]:
@@ -65,3 +69,73 @@ def test_no_import_cycles_between_our_modules():
         if m not in state:
             visit(m, [m])
     assert not cycles, cycles
+
+
+# Third-party packages whose import costs seconds or needs a runtime (a GPU stack, a cluster, a server):
+# the only reason a module may import one of our modules inside a function.
+HEAVY = {"torch", "torchvision", "ray", "faiss", "onnxruntime", "cv2", "facenet_pytorch", "uvicorn", "fastapi",
+         "matplotlib", "skimage", "sklearn"}
+
+
+def _imports(path: Path, modules: set[str], top_only: bool) -> set[str]:
+    """Modules ``path`` imports: ours resolved to a module file (at the top: with the packages on the
+    way, whose ``__init__`` runs too), third-party ones by their top-level name; ``top_only``:
+    module-level statements only."""
+    def resolve(name: str) -> set[str]:
+        parts = name.split(".")
+        out = [".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules]
+        return set(out) if top_only else set(out[-1:])
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = []
+    if top_only:  # module-level statements, into if/try blocks but not into functions or classes
+        todo = list(tree.body)
+        while todo:
+            n = todo.pop()
+            nodes.append(n)
+            if isinstance(n, (ast.If, ast.Try)):
+                todo += n.body + n.orelse + getattr(n, "finalbody", []) + [s for h in getattr(n, "handlers", [])
+                                                                            for s in h.body]
+    else:
+        nodes = list(ast.walk(tree))
+    found = set()
+    for n in nodes:
+        if isinstance(n, ast.ImportFrom) and not n.level and n.module:
+            if n.module.startswith("artextract"):
+                for a in n.names:  # ``from pkg import module`` names the module, else pkg itself
+                    found |= resolve(f"{n.module}.{a.name}") if f"{n.module}.{a.name}" in modules else \
+                        resolve(n.module)
+            else:
+                found.add(n.module.split(".")[0])
+        elif isinstance(n, ast.Import):
+            for a in n.names:
+                found |= resolve(a.name) if a.name.startswith("artextract") else {a.name.split(".")[0]}
+    return found
+
+
+def test_function_local_imports_of_our_modules_only_guard_heavy_dependencies():
+    """A module imports our modules at the top, so its dependencies can be read off its first lines;
+    inside a function only where that import would pull a heavy dependency (HEAVY) the module does
+    not already load -- measured on the import graph, not taken from comments."""
+    files = {".".join(f.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): f
+             for f in (REPO / "artextract").rglob("*.py")}
+    mods = set(files)
+    top = {m: _imports(f, mods, top_only=True) for m, f in files.items()}
+    memo: dict[str, set[str]] = {}
+
+    def loads(m: str) -> set[str]:
+        """Third-party top-level names importing ``m`` loads (its own and its packages' imports; the
+        graph has no cycles, test above)."""
+        if m not in memo:
+            memo[m] = set()  # a package's __init__ importing its own submodule: no recursion
+            memo[m] = set().union(*(loads(d) if d in mods else {d} for d in top.get(m, ()) if d != m))
+        return memo[m]
+
+    bad = []
+    for m, f in files.items():
+        mine = loads(m) | {x for p in mods if m.startswith(p + ".") for x in loads(p)}
+        local = _imports(f, mods, top_only=False) - top[m]  # the module each import names
+        for d in sorted(x for x in local if x in mods and not m.startswith(x + ".") and x != m):
+            if not (loads(d) & HEAVY) - mine:
+                bad.append(f"{m} imports {d} inside a function, but {d} loads nothing heavy {m} does not "
+                           f"already load: import it at the top")
+    assert not bad, "\n".join(bad)

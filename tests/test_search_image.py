@@ -200,7 +200,7 @@ def test_image_query_errors(face_index, indexes, tmp_path, capsys):
 
 
 def test_model_resolution_prefers_index_manifest_embed():
-    from artextract.index.query_image import check_model_version, resolve_embed_spec
+    from artextract.search.query import check_model_version, resolve_embed_spec
 
     reader = SimpleNamespace(manifest={"dim": 64, "model_versions": [],
                                        "embed": {"model": "s3://m/model.pt", "image_size": 112, "dim": 64,
@@ -220,7 +220,7 @@ def test_model_resolution_prefers_index_manifest_embed():
 
 def test_query_faces_are_the_crops_preprocess_stored(face_index):
     """Image queries and FaceStage share face_record: same crop bytes, box and pose per face."""
-    from artextract.index.query_image import detect_faces, read_image
+    from artextract.search.query import detect_faces, read_image
 
     cfg = SearchConfig(index=face_index["idx"], image=face_index["double_portrait"],
                        detect=FacesConfig(device="cpu"))
@@ -253,5 +253,5 @@ def test_copies_rerank_puts_verified_reproductions_first(face_index, tmp_path):
     assert summary["counts"]["verified_hits"] >= 3
     # one re-ranking at a time, and verification needs the crops
     with pytest.raises(ConfigError, match="copies=true"):
-        from artextract.index.jobs import run_search
+        from artextract.jobs.search import run_search
         run_search(SearchConfig(index=face_index["idx"], id="astronaut", out=str(tmp_path / "x"), copies=True))

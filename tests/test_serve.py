@@ -48,7 +48,7 @@ def build_small_index(tmp_path_factory) -> dict:
     from conftest import faces_and_embeddings
 
     from artextract.config import IndexBuildConfig
-    from artextract.index.jobs import run_build
+    from artextract.jobs.index_build import run_build
 
     if root.exists():
         shutil.rmtree(root)
@@ -173,6 +173,36 @@ def test_query_by_stored_face_pose_and_paging(client):
     _no_leak(r)
 
 
+def test_find_reproductions_on_the_server_uses_the_same_service_as_the_cli(client, small):
+    """copies=true on /api/search: the shortlist is verified geometrically like ``search copies=true``
+    (one SearchService); stored keys verify with their stored crop, uploads with their own pixels."""
+    from artextract.config import SearchConfig
+    from artextract.jobs.search import run_search
+
+    assert 'id="copies"' in client.get("/").text
+    r = client.get("/api/search", params={"image_id": "astronaut", "face_idx": 0, "limit": 4, "copies": "true"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert all("inliers" in h and "verified" in h for h in doc["hits"])
+    top = doc["hits"][0]
+    assert (top["image_id"], top["face_idx"]) == ("astronaut", 0) and top["verified"] and top["inliers"] >= 5
+    assert doc["copies"]["verified_hits"] == sum(h["verified"] for h in doc["hits"]) and doc["copies"]["query_has_pixels"]
+    # the CLI's answer for the same stored key: same hits, same inliers
+    out = Path(small["root"]) / "cli-copies"
+    run_search(SearchConfig(index=small["idx"], id="astronaut", face_idx=0, k=4, faces=small["pre"], copies=True,
+                            out=str(out), grid=False))
+    cli = json.loads((out / "results.json").read_text())["results"][0]["hits"]
+    assert [(h["image_id"], h["face_idx"], h["inliers"]) for h in cli] == \
+        [(h["image_id"], h["face_idx"], h["inliers"]) for h in doc["hits"]]
+    up = client.post("/api/upload", content=samples.CASES["astronaut"][1](),
+                     headers={"Content-Type": "image/jpeg"}).json()
+    d = client.get("/api/search", params={"upload": up["upload_id"], "face_idx": 0, "limit": 4,
+                                          "copies": "true"}).json()
+    assert d["copies"]["query_has_pixels"] and d["hits"][0]["verified"]
+    bad = client.get("/api/search", params={"image_id": "astronaut", "face_idx": 0, "copies": "true", "pose": "rerank"})
+    assert bad.status_code == 422
+
+
 def test_query_by_vector(client, small):
     v = np.zeros(32, np.float32)
     v[0] = 1
@@ -235,7 +265,7 @@ def test_reload_when_current_moves(small, tmp_path):
     from fastapi.testclient import TestClient
 
     from artextract.config import IndexBuildConfig
-    from artextract.index.jobs import run_build
+    from artextract.jobs.index_build import run_build
     from artextract.serve.app import create_app
 
     idx = tmp_path / "idx"
@@ -252,7 +282,7 @@ def test_reload_keeps_the_old_version_open_for_requests_in_flight(small, tmp_pat
     """A request that fetched the served version just before a reload still searches it; the old
     reader (with Ray: its shard actors) is closed only after reload_grace_s."""
     from artextract.config import IndexBuildConfig
-    from artextract.index.jobs import run_build
+    from artextract.jobs.index_build import run_build
     from artextract.index.search import IndexReader
     from artextract.serve.engine import Engine
 
@@ -347,7 +377,7 @@ def test_reports_refuse_traversal_sent_raw_symlinks_and_foreign_hosts(small, tmp
     import http.client
 
     from artextract.serve.app import create_app
-    from benchmarks.servers import ThreadedServer
+    from fixtures.servers import ThreadedServer
 
     reports = tmp_path / "reports"
     shutil.copytree(small["reports"], reports)

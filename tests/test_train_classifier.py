@@ -14,7 +14,7 @@ from artextract.losses.multitask import MultiTaskLoss, balanced_weights
 from artextract.models.crnn import CRNNClassifier
 from artextract.synthetic_styles import write_labelled_collection
 from artextract.train import checkpoint as ckpt
-from artextract.train import data as tdata
+from artextract.data import loaders as tdata
 
 
 @pytest.mark.parametrize("sequence,rnn,pool", [("rows", "gru", "mean"), ("cols", "lstm", "last"),
@@ -190,7 +190,7 @@ def test_eval_size_used_for_validation_batches():
 
 
 def test_flip_tta_makes_predictions_mirror_invariant(tmp_path):
-    from artextract.train.classifier_eval import predict
+    from artextract.eval.classifier import predict
 
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))

@@ -215,52 +215,58 @@ def _id_as_str(v: Any) -> Any:
     return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
-class SearchConfig(ReaderOptions):
+class QueryOptions(ReaderOptions):
+    """What search and serve share: the index, how image queries are decoded, detected and embedded,
+    pose and copy re-ranking (artextract.search.service); each job adds its own inputs and outputs."""
+
+    index: Uri = Field("", description="index root URI (CURRENT, versions/)")
+    model: OptUri = Field(None, description="embedding model of image queries: checkpoint URI or "
+                              "untrained:<backbone> spec; None = the model recorded with the index (index.json "
+                              "embed, else the embed run in its lineage)")
+    decode: DecodeConfig = Field(DecodeConfig(), description="image queries: decoding, as in preprocess")
+    detect: FacesConfig = Field(FacesConfig(), description="image queries: face detection and crops; keep "
+                                "equal to the preprocess run's faces settings so crops match")
+    faces: OptUri = Field(None, description="preprocess output URI: boxes/crops from faces/, whole images "
+                              "from images/")
+    manifest: OptUri = Field(None, description="ingest manifest URI to join metadata by image_id")
+    pose_max_deg: float = Field(20.0, gt=0, description="pose filter threshold (yaw/pitch/roll distance, degrees)")
+    pose_weight: float = Field(0.5, ge=0, description="pose rerank penalty per 90 degrees of pose distance")
+    pose_oversample: int = Field(4, ge=1, description="fetch k * this many candidates before pose filtering")
+    copies_shortlist: int = Field(50, ge=1, le=1000, description="copies: hits fetched and verified per query")
+    copies_min_inliers: int = Field(5, ge=3, description="copies: inliers that make a hit the same picture")
+    ray_min_vectors: int = Field(1_000_000, ge=1, description="parallel=auto switches to Ray actors here")
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+class SearchConfig(QueryOptions):
     """``artextract search``: k-NN over a published index for a query vector file, an image_id or an
     image (its detected faces, else the whole painting, embedded with the index's model)."""
 
-    index: Uri = Field("", description="index root URI")
     vector: OptUri = Field(None, description=".npy URI holding a (d,) or (q, d) float32 query")
     id: Annotated[str | None, BeforeValidator(_id_as_str)] = Field(
         None, description="query by image_id: its stored vectors (all faces unless face_idx is set)")
     image: OptUri = Field(None, description="query by an image file/URI: each detected face (aligned "
                               "crop as in preprocess), else the whole painting, embedded with model")
-    model: OptUri = Field(None, description="with image: checkpoint URI or untrained:<backbone> spec; "
-                              "None = the model recorded with the index (index.json embed, else the "
-                              "embed run of its embeddings)")
-    decode: DecodeConfig = Field(DecodeConfig(), description="with image: decoding, as in preprocess")
-    detect: FacesConfig = Field(FacesConfig(), description="with image: face detection and crops; keep "
-                                "equal to the preprocess run's faces settings so crops match")
     face_idx: int | None = Field(None, description="with id: only this face (-1 = whole image)")
     embeddings: OptUri = Field(None, description="with id: read the query vectors from these embedding "
                                    "shards instead of reconstructing them from the index")
     k: int = Field(10, ge=1, le=10_000)
     out: Uri = Field("", description="output dir: results.json, grid.png, summary.json")
-    manifest: OptUri = Field(None, description="ingest manifest URI to join metadata by image_id")
     metadata_columns: tuple[str, ...] = (
         "title", "attribution", "artist", "displaydate", "date", "style", "genre",
         "iiif_thumb_url", "iiif_bounded_url", "iiif_full_url", "uri")
-    faces: OptUri = Field(None, description="preprocess output URI: boxes/crops from faces/, whole "
-                              "images from images/ (enables the thumbnail grid)")
     grid: bool = Field(True, description="write grid.png when faces= is given")
     thumb_px: int = Field(128, ge=16, le=1024, description="grid cell side")
     pose: Literal["off", "filter", "rerank"] = Field(
         "off", description="similar poses: drop hits whose head pose is > pose_max_deg from the query face "
         "(filter) or order by score - pose_weight * distance/90 (rerank); needs faces=")
-    pose_max_deg: float = Field(20.0, gt=0, description="filter threshold (yaw/pitch/roll distance, degrees)")
-    pose_weight: float = Field(0.5, ge=0, description="rerank penalty per 90 degrees of pose distance")
-    pose_oversample: int = Field(4, ge=1, description="fetch k * this many candidates before pose filtering")
     copies: bool = Field(False, description="find reproductions of the query picture: re-rank the top "
                          "copies_shortlist hits by geometric verification (SIFT + RANSAC inliers; verified "
                          "hits first); needs faces= for the hits' pixels")
-    copies_shortlist: int = Field(50, ge=1, le=1000, description="hits fetched and verified per query")
-    copies_min_inliers: int = Field(5, ge=3, description="inliers that make a hit the same picture")
     parallel: Literal["auto", "local", "ray"] = Field(
         "auto", description="shards in this process (local) or one Ray actor per shard (ray); auto = ray "
         "when the index holds at least ray_min_vectors vectors")
-    ray_min_vectors: int = Field(1_000_000, ge=1, description="parallel=auto switches to Ray actors here")
-    storage: StorageConfig = StorageConfig()
-    ray: RayConfig = RayConfig()
 
 
 class EmbedResources(Strict):

@@ -5,25 +5,23 @@ from typing import Literal
 
 from pydantic import Field
 
-from artextract.config.core import OptUri, RayConfig, StorageConfig, Uri
-from artextract.config.jobs import DecodeConfig, FacesConfig, ReaderOptions
+from artextract.config.core import OptUri
+from artextract.config.jobs import DecodeConfig, FacesConfig, QueryOptions
 
 __all__ = ["ServeConfig"]
 
 
-class ServeConfig(ReaderOptions):
+class ServeConfig(QueryOptions):
     """``artextract serve``: JSON API + search page over a published index."""
 
-    index: Uri = Field("", description="index root URI (CURRENT, versions/)")
     host: str = Field("127.0.0.1", description="bind address; 127.0.0.1 keeps the server local")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
     faces: OptUri = Field(None, description="preprocess output URI (faces/, images/): boxes, crops, poses; "
-                              "None = discovered (reindex snapshot deltas, or the embed run behind the index)")
+                              "None = discovered (reindex snapshot deltas, or the preprocess run in the index's lineage)")
     manifest: OptUri = Field(None, description="ingest manifest URI: title, artist, date, IIIF urls; "
-                                 "None = discovered (reindex snapshot, or the preprocess run's manifest)")
+                                 "None = discovered (reindex snapshot, or the manifest in the index's lineage)")
     reports: OptUri = Field(None, description="directory of HTML run reports served under /reports/; "
                                 "None = discovered next to a demo index")
-    model: OptUri = Field(None, description="embedding model for uploads; None = the index's recorded model")
     k: int = Field(12, ge=1, le=1000, description="results per page by default")
     max_k: int = Field(200, ge=1, le=10_000, description="deepest result (offset + limit) a query may page to")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger than this get 413")
@@ -36,9 +34,6 @@ class ServeConfig(ReaderOptions):
     reload_grace_s: float = Field(60.0, ge=0, description="after a reload the old version stays open this long, "
                                   "so requests that started on it finish (its Ray shard actors are then closed)")
     parallel: Literal["local", "ray"] = Field("local", description="shards in this process, or one Ray actor each")
-    pose_max_deg: float = Field(20.0, gt=0, description="pose filter threshold (degrees)")
-    pose_weight: float = Field(0.5, ge=0, description="pose re-rank penalty per 90 degrees")
-    pose_oversample: int = Field(4, ge=1, description="candidates fetched per result when filtering by pose")
     decode: DecodeConfig = Field(DecodeConfig(max_pixels=50_000_000), description="upload decoding limits")
     detect: FacesConfig = Field(FacesConfig(device="cpu"), description="face detection on uploads (detect.device "
                                 "also places the upload embedding model; auto = a GPU when present)")
@@ -46,5 +41,3 @@ class ServeConfig(ReaderOptions):
                                             "so a DNS-rebinding page cannot script it); None = the loopback names "
                                             "when bound to loopback, any when bound elsewhere")
     log_level: str = Field("info", description="uvicorn log level")
-    storage: StorageConfig = StorageConfig()
-    ray: RayConfig = RayConfig()

@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from artextract.core.schema import StorageConfig
+from artextract.core.http import get_bytes
 
 HTTP_SCHEMES = ("http://", "https://")
 # The AWS SDK retries failed requests, but not a response whose body breaks off mid-stream or an
@@ -170,8 +171,6 @@ def read_bytes(uri: str, cfg: StorageConfig | None = None, limit: int | None = N
     """Read a whole object, or with ``limit`` at most ``limit + 1`` bytes (so a caller can tell "too
     large" without holding the rest). Raises FileNotFoundError, or OSError for transport failures."""
     if uri.startswith(HTTP_SCHEMES):
-        from artextract.core.http import get_bytes
-
         return get_bytes(uri, cfg or StorageConfig(), limit)
     loc = filesystem_for(uri, cfg)
     with loc.fs.open_input_stream(loc.path) as f:

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import EvaluateFacesConfig, StorageConfig
 from artextract.eval.face_metrics import POSES, SIZES, LabelledImage, evaluate
-from artextract.eval.similarity import query_grid
+from artextract.eval.grids import grid_png
 from artextract.core.runinfo import JobRun
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def read_labels(uri: str, split: str, st: StorageConfig | None = None) -> list[L
 
 
 def _detections(pre: str, ids: set[str], min_prob: float | None, st: StorageConfig) -> dict[str, Any]:
-    faces = storage.read_parquet(storage.join(pre, "faces"), st, columns=["image_id", "box", "prob"])
+    faces = layout.PreprocessOutput(pre, st).table("faces").read(columns=["image_id", "box", "prob"])
     out: dict[str, list] = {}
     for image_id, box, prob in zip(*(faces[c].to_pylist() for c in ("image_id", "box", "prob"))):
         if image_id in ids and (min_prob is None or prob >= min_prob):
@@ -83,7 +83,7 @@ def _crop(whole: bytes, orig_w: int, box: list[float], margin: float = 0.4) -> b
 
 def _error_grid(pre: str, errors: list[dict[str, Any]], limit: int, st: StorageConfig) -> bytes:
     ids = sorted({e["image_id"] for e in errors})
-    images = storage.read_parquet(storage.join(pre, "images"), st, columns=["image_id", "orig_width", "whole_jpeg"])
+    images = layout.PreprocessOutput(pre, st).images.read(columns=["image_id", "orig_width", "whole_jpeg"])
     images = images.filter(pc.is_in(images["image_id"], value_set=pa.array(ids, pa.string())))
     whole = {i: (w, j) for i, w, j in zip(*(images[c].to_pylist() for c in ("image_id", "orig_width", "whole_jpeg")))}
     misses = [e for e in errors if e["kind"] == "miss"]
@@ -95,7 +95,8 @@ def _error_grid(pre: str, errors: list[dict[str, Any]], limit: int, st: StorageC
         caption = (f"miss {e['image_id']} {e['pose']}" if e["kind"] == "miss"
                    else f"FP {e['image_id']} {e['score']:.2f}")
         tiles.append((_crop(jpeg, w, e["box"]) if jpeg else None, caption[:22], _COLOURS[e["kind"]]))
-    return query_grid([tiles[i:i + 8] for i in range(0, len(tiles), 8)] or [[(None, "no errors", "green")]])
+    rows = [tiles[i:i + 8] for i in range(0, len(tiles), 8)] or [[(None, "no errors", "green")]]
+    return grid_png(rows, 96, caption_px=14)
 
 
 def _html(metrics: dict[str, Any]) -> str:
@@ -120,7 +121,7 @@ def run(cfg: EvaluateFacesConfig) -> dict[str, Any]:
     st = cfg.storage
     job = JobRun("evaluate_faces", cfg, cfg.out)
     labels = read_labels(cfg.labels, cfg.split, st)
-    images = storage.read_parquet(storage.join(cfg.preprocess, "images"), st, columns=["image_id", "status"])
+    images = layout.PreprocessOutput(cfg.preprocess, st).table("images").read(columns=["image_id", "status"])
     status = dict(zip(images["image_id"].to_pylist(), images["status"].to_pylist()))
     missing = sorted(im.image_id for im in labels if im.image_id not in status)
     if missing:  # counted and named, not silently scored as misses

@@ -21,6 +21,8 @@ from torchvision.transforms import v2
 
 from artextract.config import NearDuplicateConfig, StorageConfig
 from artextract.data.augment import reproduction_transform
+from artextract.stages.embed import EmbedStage
+from artextract.stages.verify import GeometricVerifier
 
 log = logging.getLogger(__name__)
 COPY_JPEG_QUALITY = 95  # near-lossless: the transform already applies its own JPEG degradation
@@ -73,7 +75,6 @@ def copy_ranks_from_scores(scores: np.ndarray, owner: np.ndarray) -> tuple[np.nd
 def _verified(orig_v: np.ndarray, copy_v: np.ndarray, owner: np.ndarray, originals: list[bytes],
               copies: list[bytes], cfg: NearDuplicateConfig, seed: int) -> dict[str, Any]:
     """The same ranks after geometric verification of each copy's top-K originals."""
-    from artextract.stages.verify import GeometricVerifier
 
     t0 = time.perf_counter()
     verifier = GeometricVerifier(min_inliers=cfg.verify_min_inliers, seed=seed)
@@ -99,7 +100,6 @@ def near_duplicate(originals: list[bytes], cfg: NearDuplicateConfig, seed: int =
                    device: str = "auto") -> dict[str, Any]:
     """Run the protocol on original JPEGs; returns recall@1/@5, MRR, mean/median copy-original cosine
     (plain floats) and counts."""
-    from artextract.stages.embed import EmbedStage  # torch model code: only when the protocol runs
 
     if len(originals) < 2:
         return {"skipped": f"needs at least 2 originals, got {len(originals)}"}

@@ -11,6 +11,9 @@ from typing import IO, Union
 
 import numpy as np
 
+from artextract.core import storage
+from artextract.eval.grids import flat_grid_png
+
 PathOrBuffer = Union[str, "os.PathLike[str]", IO[bytes], None]
 UNKNOWN_GREY = "#9e9e9e"
 
@@ -20,8 +23,6 @@ def _emit(data: bytes, path_or_buffer: PathOrBuffer) -> bytes:
     if path_or_buffer is None:
         return data
     if isinstance(path_or_buffer, (str, os.PathLike)):
-        from artextract.core import storage
-
         storage.write_bytes(os.fspath(path_or_buffer), data)
     else:
         path_or_buffer.write(data)
@@ -179,58 +180,8 @@ def tsne_png(embeddings: np.ndarray, labels: np.ndarray, classes: list[str],
     return _emit(_png(fig), path_or_buffer)
 
 
-def _decode(data: bytes | None, thumb: int):
-    from PIL import Image, ImageOps
-
-    if not data:
-        return None
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.draft("RGB", (thumb, thumb))  # JPEG: decode at reduced scale, much faster
-        # contain() also enlarges small thumbnails so every cell is filled the same way.
-        return ImageOps.contain(img.convert("RGB"), (thumb, thumb))
-    except Exception:  # any undecodable/truncated payload becomes a placeholder, not a crash
-        return None
-
-
 def image_grid_png(images: list[bytes | None], captions: list[str], path_or_buffer: PathOrBuffer = None,
                    cols: int = 6, thumb: int = 128) -> bytes:
-    """Grid of thumbnails (thumb x thumb px cells) with a caption strip under each, as PNG bytes."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    if len(captions) != len(images):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    try:  # the bundled FreeType font covers accents (Naïve); the bitmap fallback is latin-1 only
-        font = ImageFont.load_default(size=11)
-    except (ImportError, OSError):
-        font = ImageFont.load_default()
-    line_h = 12
-    n_lines = max([len(str(c).split("\n")) for c in captions] + [1])
-    strip = n_lines * line_h + 6
-    pad = 4
-    cols = max(1, min(cols, len(images) or 1))
-    n_rows = max(1, -(-len(images) // cols))
-    cell_w, cell_h = thumb + 2 * pad, thumb + strip + 2 * pad
-    sheet = Image.new("RGB", (cols * cell_w, n_rows * cell_h), "white")
-    draw = ImageDraw.Draw(sheet)
-    if not images:
-        draw.text((pad, pad), "nothing to show", fill="black", font=font)
-    max_chars = max(4, thumb // 6)
-    for i, (data, caption) in enumerate(zip(images, captions)):
-        x0, y0 = (i % cols) * cell_w + pad, (i // cols) * cell_h + pad
-        img = _decode(data, thumb)
-        if img is None:
-            draw.rectangle([x0, y0, x0 + thumb - 1, y0 + thumb - 1], fill="#bdbdbd")
-            draw.text((x0 + 4, y0 + thumb // 2 - 6), "no image", fill="#424242", font=font)
-        else:
-            sheet.paste(img, (x0 + (thumb - img.width) // 2, y0 + (thumb - img.height) // 2))
-        for k, line in enumerate(str(caption).split("\n")[:n_lines]):
-            line = line if len(line) <= max_chars else line[: max_chars - 1] + "…"
-            pos = (x0, y0 + thumb + 3 + k * line_h)
-            try:
-                draw.text(pos, line, fill="black", font=font)
-            except UnicodeEncodeError:  # the bitmap fallback font is latin-1 only
-                draw.text(pos, line.encode("ascii", "replace").decode(), fill="black", font=font)
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG", optimize=True)
-    return _emit(buf.getvalue(), path_or_buffer)
+    """Grid of thumbnails (thumb x thumb px cells) with a caption strip under each, as PNG bytes
+    (eval/grids.py renders it)."""
+    return _emit(flat_grid_png(images, captions, cols, thumb), path_or_buffer)

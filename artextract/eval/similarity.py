@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import EvaluateSimilarityConfig, StorageConfig
+from artextract.eval.grids import grid_png
 from artextract.eval.neardup import near_duplicate
 from artextract.eval.retrieval import (cosine_distributions, encode_labels, knn, retrieval_metrics)
 from artextract.core.runinfo import JobRun
@@ -44,15 +45,10 @@ TOP1_QUERIES = 5000  # a sample suffices for the top-1 cosine distribution; a fu
 
 # ------------------------------------------------------------------------------------------ IO
 
-def _parts(base: str, st: StorageConfig) -> list[str]:
-    return storage.part_files(base, st)
-
-
 def read_labels(uri: str, column: str, st: StorageConfig | None = None) -> dict[str, Any]:
     """image_id -> label from a manifest dir/file or a preprocess output (its ``images/`` table)."""
     st = st or StorageConfig()
-    src = storage.join(uri, "images") if _parts(storage.join(uri, "images"), st) else uri
-    t = storage.read_parquet(src, st, columns=["image_id"] if column == "image_id" else ["image_id", column])
+    t = layout.labelled_rows(uri, st)[1].read(["image_id"] if column == "image_id" else ["image_id", column])
     lut: dict[str, Any] = {}
     for i, v in zip(t["image_id"].to_pylist(), t[column].to_pylist()):
         lut.setdefault(i, v)  # first row wins when a manifest repeats an image_id
@@ -64,7 +60,7 @@ def list_keys(pre: str, what: str, st: StorageConfig | None = None) -> list[Key]
     st = st or StorageConfig()
     table, _ = JPEG_SOURCE[what]
     keys: list[Key] = []
-    for uri in _parts(storage.join(pre, table), st):
+    for uri in layout.PreprocessOutput(pre, st).table(table).files():
         if what == "faces":
             t = storage.read_parquet(uri, st, columns=["image_id", "face_idx"])
             keys += [(i, int(f)) for i, f in zip(t["image_id"].to_pylist(), t["face_idx"].to_pylist())]
@@ -83,7 +79,7 @@ def read_jpegs(pre: str, keys: set[Key], st: StorageConfig | None = None) -> dic
             continue
         table, col = JPEG_SOURCE[what]
         ids = pa.array(sorted({k[0] for k in want}), pa.string())
-        for uri in _parts(storage.join(pre, table), st):
+        for uri in layout.PreprocessOutput(pre, st).table(table).files():
             cols = ["image_id", col] + (["face_idx"] if what == "faces" else [])
             t = storage.read_parquet(uri, st, columns=cols)
             t = t.filter(pc.is_in(t["image_id"], value_set=ids))
@@ -110,27 +106,9 @@ def pair_similarity(a: bytes, b: bytes, size: int = PAIR_SIZE) -> tuple[float, f
     return float(ssim), float(np.sqrt(mean_squared_error(x, y)))
 
 
-def _tile(jpeg: bytes | None, caption: str, colour: str) -> Image.Image:
-    tile = Image.new("RGB", (TILE, TILE + CAPTION), "white")
-    if jpeg is not None:
-        with Image.open(io.BytesIO(jpeg)) as im:
-            tile.paste(im.convert("RGB").resize((TILE, TILE), Image.BILINEAR), (0, 0))
-    draw = ImageDraw.Draw(tile)
-    draw.rectangle([0, 0, TILE - 1, TILE - 1], outline=colour, width=2)
-    draw.text((3, TILE + 1), caption, fill="black")
-    return tile
-
-
 def query_grid(rows: list[list[tuple[bytes | None, str, str]]]) -> bytes:
     """PNG bytes: one row per query of (jpeg, caption, border colour) tiles, query first."""
-    width = max((len(r) for r in rows), default=1)
-    grid = Image.new("RGB", (width * TILE, max(len(rows), 1) * (TILE + CAPTION)), "white")
-    for y, row in enumerate(rows):
-        for x, cell in enumerate(row):
-            grid.paste(_tile(*cell), (x * TILE, y * (TILE + CAPTION)))
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    return buf.getvalue()
+    return grid_png(rows, TILE, caption_px=CAPTION)
 
 
 def distribution_png(pos: np.ndarray, neg: np.ndarray, column: str) -> bytes:
@@ -218,7 +196,7 @@ def run(cfg: EvaluateSimilarityConfig) -> dict[str, Any]:
         raise ValueError("label_column needs labels= (a manifest or preprocess output)")
     st, out = cfg.storage, cfg.out
     job = JobRun("evaluate_similarity", cfg, out)
-    t = storage.read_parquet(cfg.embeddings, st, columns=["image_id", "face_idx", "vector", "model_version"])
+    t = layout.EmbeddingSet(cfg.embeddings, st).read(columns=["image_id", "face_idx", "vector", "model_version"])
     t = t.filter(pa.array(WHAT[cfg.what](t["face_idx"].to_numpy().astype(np.int64))))
     if len(t) < 2:
         raise ValueError(f"{cfg.embeddings}: {len(t)} vectors for what={cfg.what}; need at least 2")

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import StorageConfig
 from artextract.index import fastscan as FS
 from artextract.index import refine as R
@@ -134,7 +134,7 @@ def tune_search(searchers: list[ShardSearcher], vectors: np.ndarray, ids: np.nda
 
 def read_embeddings(embeddings_uri: str, cfg: StorageConfig | None = None) -> pa.Table:
     """All embedding shards (``part-*.parquet``) under ``embeddings_uri`` as one table."""
-    return storage.read_parquet(embeddings_uri, cfg, columns=["image_id", "face_idx", "vector", "model_version"])
+    return layout.EmbeddingSet(embeddings_uri, cfg).read(columns=["image_id", "face_idx", "vector", "model_version"])
 
 
 def _shard_codes(codec: faiss.Index | None, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
@@ -156,7 +156,8 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
     """Build N shards from embeddings (a URI or a table), write them as a new version under
     ``out_uri/versions/``, publish it (CURRENT written last), prune to ``keep`` versions; returns
     the new index.json. Holds ``out_uri/LOCK`` while writing (see lock.py) unless ``locked`` says
-    the caller already holds it. ``extra`` keys go into index.json; ``before_publish(version)``
+    the caller already holds it. index.json records the ``lineage`` of an embeddings URI
+    (core/layout.py: its embed run, preprocess output, manifest); ``extra`` keys go into index.json; ``before_publish(version)``
     may write more files into the version directory before it becomes visible.
 
     An IVF index's ``nprobe`` (and, with a refine suffix, ``k_factor``) left None is tuned on the
@@ -215,6 +216,8 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
             "recall_at_10": measure_recall(searchers, vectors, ids, metric, nprobe, recall_queries, 10, seed,
                                            k_factor),
             "recall_queries": min(recall_queries, len(ids)),
+            # what the vectors descend from, read once here so readers never walk run records
+            "lineage": layout.lineage(None if isinstance(embeddings_uri, pa.Table) else embeddings_uri, storage_cfg),
             **tuned, **(extra or {}),
         }
         if codec is not None:

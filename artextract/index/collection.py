@@ -1,5 +1,5 @@
-"""The collection side of re-indexing: list a folder/bucket, diff it against the snapshot stored
-with an index version, and store the new snapshot.
+"""The collection snapshot stored with an index version: diff a listing against it, write the next
+one (the listing itself is the reindex job's: ``artextract/jobs/reindex.py``).
 
 A snapshot (``versions/vNNNNNN/collection.parquet``) is the manifest of exactly the images that
 version was built from, plus ``delta`` (the re-index work directory whose preprocess output holds
@@ -21,39 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from artextract.core import storage
-from artextract.config import IngestFolderConfig, StorageConfig
+from artextract.config import StorageConfig
 from artextract.index import versions as V
-from artextract.ingest import folder
+from artextract.index.segments import load_live_ids
 
 SNAPSHOT = "collection.parquet"
-
-
-def s3_etags(uri: str, cfg: StorageConfig) -> dict[str, str]:
-    """``bucket/key`` -> ETag (quotes stripped) of every object under an s3:// prefix (boto3
-    listing: pyarrow's FileInfo does not expose ETags)."""
-    loc = storage.filesystem_for(uri, cfg)
-    bucket, _, prefix = loc.path.partition("/")
-    client = storage.s3_client(cfg)
-    out: dict[str, str] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
-        for obj in page.get("Contents", []):
-            out[f"{bucket}/{obj['Key']}"] = obj["ETag"].strip('"')
-    return out
-
-
-def list_collection(uri: str, extensions: tuple[str, ...], include_all_files: bool, probe_dimensions: bool,
-                    cfg: StorageConfig) -> tuple[pa.Table, dict[str, int]]:
-    """The collection's manifest now (folder ingest, plus ETags on S3) and the ingest counts."""
-    icfg = IngestFolderConfig(images=uri, extensions=extensions, include_all_files=include_all_files,
-                              probe_dimensions=probe_dimensions, storage=cfg)
-    table, counts = folder.build_table(icfg)
-    loc = storage.filesystem_for(uri, cfg)
-    if loc.is_s3:
-        etags = s3_etags(uri, cfg)
-        paths = [storage.filesystem_for(u, cfg).path for u in table["uri"].to_pylist()]
-        idx = table.column_names.index("etag")
-        table = table.set_column(idx, "etag", pa.array([etags.get(p) for p in paths], pa.string()))
-    return table.sort_by("image_id"), counts
 
 
 @dataclass
@@ -133,8 +105,6 @@ def write_snapshot(index_uri: str, version: int, table: pa.Table, cfg: StorageCo
 
 def keys_of_images(index_uri: str, version: int, image_ids: list[str], cfg: StorageConfig) -> list[V.Key]:
     """Every (image_id, face_idx) the index version holds for ``image_ids`` (from the id maps)."""
-    from artextract.index.segments import load_live_ids
-
     if not image_ids:
         return []
     wanted = pa.array(sorted(set(image_ids)), pa.string())

@@ -2,7 +2,7 @@
 from artextract.losses.base import LOSSES, MINERS, build_loss, pairwise_distance
 
 # Importing the modules registers their losses and miners.
-from artextract.losses import contrastive, supcon, triplet  # noqa: E402,F401
+from artextract.losses import contrastive, miners, supcon, triplet  # noqa: E402,F401
 from artextract.losses.contrastive import ContrastiveLoss  # noqa: E402
 from artextract.losses.distributed import GatherLoss  # noqa: E402
 from artextract.losses.supcon import SupConLoss  # noqa: E402

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from artextract.models.registry import Registry
+from artextract.core.registry import Registry
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
 MINERS: Registry[Callable[..., Any]] = Registry("miner")

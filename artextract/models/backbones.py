@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from artextract.models.registry import Registry
+from artextract.core.storage import read_bytes
+from artextract.core.registry import Registry
 from artextract.models.vit import ViTFeatures
 
 if TYPE_CHECKING:
@@ -118,8 +119,6 @@ def _imagenet_state_dict(name: str, spec: BackboneSpec) -> dict[str, torch.Tenso
 
 
 def _uri_state_dict(uri: str, storage: StorageConfig | None) -> dict[str, torch.Tensor]:
-    from artextract.core.storage import read_bytes
-
     state = torch.load(io.BytesIO(read_bytes(uri, storage)), map_location="cpu", weights_only=True)
     # Accept training checkpoints that wrap the weights, and DDP's "module." prefix.
     for key in ("state_dict", "model"):

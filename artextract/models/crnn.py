@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from artextract.models.backbones import build_backbone
-from artextract.models.registry import Registry
+from artextract.core.registry import Registry
 
 if TYPE_CHECKING:
     from artextract.config import ClassifierModelConfig, StorageConfig

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from artextract.models.backbones import build_backbone
-from artextract.models.registry import Registry
+from artextract.core.registry import Registry
 from artextract.models.vit import ViTFeatures
 
 if TYPE_CHECKING:

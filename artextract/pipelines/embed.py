@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from artextract import console
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import EmbedConfig, StorageConfig
 from artextract.manifest import shard_name
 from artextract.pipelines import shards
@@ -42,10 +42,7 @@ def plan(cfg: EmbedConfig) -> pa.Table:
     """Rows to embed: image_id, face_idx, yaw, pitch, roll, src, src_row, table; sorted, with shard/chunk."""
     parts = []
     for table in _sources(cfg):
-        base = storage.join(cfg.input, table)
-        files = storage.part_files(base, cfg.storage)
-        if not files:
-            raise FileNotFoundError(f"no {table}/part-*.parquet under {cfg.input} (is it a preprocess output?)")
+        files = layout.PreprocessOutput(cfg.input, cfg.storage).table(table).require()
         for uri in files:
             if table == "faces":
                 t = storage.read_parquet(uri, cfg.storage, columns=["image_id", "face_idx", "yaw", "pitch", "roll"])

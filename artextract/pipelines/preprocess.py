@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from artextract import console, manifest as mf
-from artextract.core import storage
+from artextract.core import layout
 from artextract.config import FacesConfig, PreprocessConfig, Resources
 from artextract.pipelines import shards
 from artextract.pipelines.ray_env import actor_device, capacity, cluster_counts, gpu_pool, init_ray
@@ -151,10 +151,10 @@ def _run_graph(ray, cfg: PreprocessConfig, work: pa.Table, fuse: bool, low: int,
 
 
 def _reconcile(cfg: PreprocessConfig, n_shards: int, expected_rows: int) -> dict:
-    images = storage.read_parquet(storage.join(cfg.out, "images"), cfg.storage,
-                                  columns=["image_id", "status", "reason", "n_faces"])
-    faces = storage.read_parquet(storage.join(cfg.out, "faces"), cfg.storage, columns=["image_id"])
-    quarantine = storage.read_parquet(storage.join(cfg.out, "quarantine"), cfg.storage, columns=["reason"])
+    out = layout.PreprocessOutput(cfg.out, cfg.storage)
+    images = out.images.read(columns=["image_id", "status", "reason", "n_faces"])
+    faces = out.faces.read(columns=["image_id"])
+    quarantine = out.table("quarantine").read(columns=["reason"])
     ok = int(pc.sum(pc.equal(images["status"], "ok")).as_py() or 0)
     counts = {"manifest_rows": expected_rows, "images_rows": len(images), "processed": ok,
               "quarantined": len(quarantine), "faces": len(faces),

@@ -25,9 +25,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from artextract.core import storage
 from artextract.config import ServeConfig
-from artextract.serve.catalog import discover_reports
-from artextract.serve.engine import Engine, QueryError, Served, face_url, image_url, redactor
+from artextract.serve.engine import Engine, QueryError, Served, discover_reports, face_url, image_url, redactor
 from artextract.index import versions as V
+from artextract.stages.decode import configure_pil
 
 log = logging.getLogger(__name__)
 STATIC = resources.files("artextract.serve") / "static"
@@ -123,17 +123,22 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @app.get("/api/search", summary="top-K similar faces/paintings for a stored key or an uploaded image")
     def search(image_id: str | None = None, upload: str | None = None, face_idx: int = Query(-1, ge=-1),
                offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=1, le=1000),
-               pose: str = Query("off", pattern="^(off|filter|rerank)$")) -> dict[str, Any]:
+               pose: str = Query("off", pattern="^(off|filter|rerank)$"),
+               copies: bool = Query(False, description="find reproductions: verify the shortlist geometrically"),
+               ) -> dict[str, Any]:
         if (image_id is None) == (upload is None):
             raise QueryError(422, "give exactly one of image_id= or upload=")
         s = engine.current()
         if upload is not None:
             q, qpose = engine.upload_query(upload, face_idx)
             query = {"upload": upload, "face_idx": face_idx}
+            up = engine.uploads.get(upload)
+            where = {"query_jpeg": up.jpegs.get(face_idx) if up is not None else None}
         else:
             q, qpose = engine.stored_query(s, image_id, face_idx)
             query = {"image_id": image_id, "face_idx": face_idx, **s.catalog.describe(image_id)}
-        out = engine.search(s, q, qpose, offset, limit or cfg.k, pose)
+            where = {"query_key": (image_id, face_idx)}
+        out = engine.search(s, q, qpose, offset, limit or cfg.k, pose, copies, **where)
         return {"query": {**query, "pose": list(qpose) if qpose else None}, **out}
 
     @app.post("/api/search/vector", summary="top-K for a raw query vector")
@@ -271,7 +276,6 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
     """Load the index and serve the page + API until interrupted (Ctrl-C)."""
     import uvicorn
 
-    from artextract.stages.decode import configure_pil
 
     configure_pil(cfg.decode)
     app = create_app(cfg)

@@ -1,11 +1,11 @@
-"""The server's search core, web-framework free: the served index version (reloaded when CURRENT
-moves), its catalog, query vectors (stored key, uploaded image, raw vector), pose filter/re-rank
-and paging.
+"""The server's side of search, web-framework free: which index version is served (reloaded when
+CURRENT moves), uploads kept for follow-up queries, query vectors of stored keys, and paging. The
+search itself -- hits, pose and copy re-ranking, boxes -- is :class:`artextract.search.service.SearchService`,
+the same one ``artextract search`` runs.
 
-Uploads are embedded exactly like :mod:`artextract.index.query_image` does for ``search --image``
-(same model resolution and model_version check, same decode limits, FaceDetector + face_record
-crops, EmbedStage), but from bytes in memory and with the detector and model loaded once per
-process instead of once per query.
+Uploads are embedded exactly like ``search --image`` (:mod:`artextract.search.query`: same model
+resolution and model_version check, same decode limits, FaceDetector + face_record crops,
+EmbedStage), but from bytes in memory, with the detector and model loaded once per process.
 """
 from __future__ import annotations
 
@@ -22,9 +22,12 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from artextract.core import storage
-from artextract.config import SearchConfig, ServeConfig
+from artextract.config import ServeConfig, StorageConfig
 from artextract.index import versions as V
-from artextract.serve.catalog import LRU, Catalog, indexed_ids
+from artextract.search.catalog import LRU, Catalog, indexed_ids
+from artextract.search.query import DETECTION_OFF, NO_FACE, QueryModels
+from artextract.search.service import SearchService, fetch_depth
+from artextract.stages import decode as D
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +61,17 @@ class Upload:
 class Served:
     """One loaded index version and its catalog."""
 
-    reader: Any
-    catalog: Catalog
+    service: SearchService
     indexed: set[str]
     loaded_at: float
+
+    @property
+    def reader(self) -> Any:
+        return self.service.reader
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.service.catalog
 
 
 class Engine:
@@ -73,8 +83,7 @@ class Engine:
         self._model_lock = threading.Lock()
         self._checked = 0.0
         self.uploads = LRU(cfg.upload_cache)
-        self._detector = None
-        self._embedder = None
+        self.models = QueryModels(cfg)  # kept across reloads (the model is re-resolved on a new version)
         self._retiring: list[threading.Timer] = []
         # Bounds the memory of concurrent upload decodes (each up to decode.max_pixels of RGB and more).
         self._decode_slots = threading.BoundedSemaphore(cfg.upload_decodes)
@@ -82,28 +91,11 @@ class Engine:
 
     # ------------------------------------------------------------------ index lifecycle
 
-    def _search_cfg(self) -> SearchConfig:
-        return SearchConfig(index=self.cfg.index, model=self.cfg.model, decode=self.cfg.decode,
-                            detect=self.cfg.detect, storage=self.cfg.storage, nprobe=self.cfg.nprobe)
-
     def _load(self, version: int | None) -> Served:
-        if self.cfg.parallel == "ray":
-            from artextract.index.ray_search import RayIndexReader
-            from artextract.pipelines.ray_env import init_ray
-
-            init_ray(self.cfg.ray)
-            reader = RayIndexReader(self.cfg.index, self.cfg.storage, version=version, **self.cfg.reader_kwargs(),
-                                    **self.cfg.ray_kwargs())
-        else:
-            from artextract.index.search import IndexReader
-
-            reader = IndexReader(self.cfg.index, self.cfg.storage, version=version, **self.cfg.reader_kwargs())
-        from artextract.index.query_image import recorded_embeddings
-
-        catalog = Catalog(self.cfg.index, reader.version, self.cfg.storage, self.cfg.faces, self.cfg.manifest,
-                          recorded_embeddings(reader, self.cfg.storage))
+        service = SearchService.open(self.cfg, self.cfg.parallel, version, models=self.models)
+        reader = service.reader
         log.info("serving %s version %d: %d vectors", self.cfg.index, reader.version, reader.ntotal)
-        return Served(reader, catalog, indexed_ids(reader), time.time())
+        return Served(service, indexed_ids(reader), time.time())
 
     def current(self) -> Served:
         """The served version, reloading first when CURRENT moved (checked every ``reload_s``)."""
@@ -124,7 +116,7 @@ class Engine:
                 old = self.served
                 try:
                     self.served = self._load(latest)
-                    self._embedder = None  # a re-index may have changed the recorded model
+                    self.models.forget_model()  # a re-index may have changed the recorded model
                 except Exception as exc:  # noqa: BLE001 - a broken new version must not stop serving
                     log.error("cannot load version %s of %s (keep serving v%d): %s", latest,
                               self.cfg.index, old.reader.version, exc)
@@ -151,54 +143,40 @@ class Engine:
 
     # ------------------------------------------------------------------ models (uploads)
 
-    def _models(self, reader) -> tuple[Any, Any]:
-        from artextract.index.query_image import check_model_version, resolve_embed_spec
-        from artextract.stages.embed import EmbedStage, model_version_of
-        from artextract.stages.faces import FaceDetector
-
-        if self._embedder is None:
-            scfg = self._search_cfg()
-            try:
-                spec = resolve_embed_spec(reader, scfg)
-            except ValueError as exc:  # ConfigError: the index records no model
-                log.warning("uploads are disabled: %s", storage.redact(str(exc)))
-                raise QueryError(503, "uploads are disabled: the index records no embedding model (start the "
-                                      "server with --model; details in the server log)") from None
-            version = model_version_of(spec.model, spec.dim, spec.seed, self.cfg.storage)
-            check_model_version(version, reader.manifest, spec)
-            self._embedder = EmbedStage(spec.model, image_size=spec.image_size, dim=spec.dim, seed=spec.seed,
-                                        device=self.cfg.detect.device, storage_cfg=self.cfg.storage)
-        if self._detector is None and self.cfg.detect.enabled:
-            self._detector = FaceDetector(self.cfg.detect)
-        return self._detector, self._embedder
+    def _embedder(self, reader) -> Any:
+        """The upload model; QueryError 503 when the index records none (and none was given)."""
+        try:
+            return self.models.embedder(reader)
+        except ValueError as exc:
+            if "records no embedding model" not in str(exc):
+                raise
+            log.warning("uploads are disabled: %s", storage.redact(str(exc)))
+            raise QueryError(503, "uploads are disabled: the index records no embedding model (start the "
+                                  "server with --model; details in the server log)") from None
 
     def warm_up(self) -> None:
         """Load the face detector and the embedding model now (else on the first upload)."""
         with self._model_lock:
-            self._models(self.current().reader)
+            self._embedder(self.current().reader)
+            self.models.warm_up(self.current().reader)
 
     def upload(self, data: bytes) -> Upload:
         """Decode, detect faces and embed an uploaded image; QueryError (4xx) for bad input."""
-        from artextract.index.query_image import DETECTION_OFF, NO_FACE
-        from artextract.stages.decode import REASONS, Quarantine, decode, encode_jpeg, resize_long_side
-        from artextract.stages.faces import face_record
-
         if not self._decode_slots.acquire(timeout=self.cfg.upload_wait_s):
             raise QueryError(503, "the server is decoding other uploads: retry in a moment")
         try:
-            d = decode(data, self.cfg.decode)
-        except Quarantine as q:
+            d = D.decode(data, self.cfg.decode)
+        except D.Quarantine as q:
             detail = " ".join(q.detail.split())[:160]
-            raise QueryError(UPLOAD_STATUS.get(q.reason, 422), f"{q.reason}: {REASONS[q.reason]}"
+            raise QueryError(UPLOAD_STATUS.get(q.reason, 422), f"{q.reason}: {D.REASONS[q.reason]}"
                              + (f" ({detail})" if detail else "")) from None
         finally:
             self._decode_slots.release()
         served = self.current()
-        whole = encode_jpeg(resize_long_side(d.det_image, self.cfg.decode.whole_size), self.cfg.decode.jpeg_quality)
+        whole = D.encode_jpeg(D.resize_long_side(d.det_image, self.cfg.decode.whole_size), self.cfg.decode.jpeg_quality)
         with self._model_lock:
-            detector, embedder = self._models(served.reader)
-            found = detector.detect([d.det_image])[0] if detector is not None else []
-            records = [face_record(k, f, d.det_image, d.scale, self.cfg.detect) for k, f in enumerate(found)]
+            embedder = self._embedder(served.reader)
+            records = self.models.faces(d.det_image, d.scale)
             jpegs = {-1: whole, **{int(r["face_idx"]): r["crop_jpeg"] for r in records}}
             keys = sorted(jpegs)
             vecs = embedder.embed([jpegs[k] for k in keys])
@@ -230,7 +208,7 @@ class Engine:
             if jpeg is None:
                 raise QueryError(404, f"no stored image for {image_id!r} to embed as a whole painting")
             with self._model_lock:
-                q = self._models(reader)[1].embed([jpeg])
+                q = self._embedder(reader).embed([jpeg])
         else:
             raise QueryError(404, f"face {face_idx} of {image_id!r} is not in the index")
         pose = served.catalog.poses([(image_id, face_idx)]).get((image_id, face_idx)) if face_idx >= 0 else None
@@ -245,39 +223,41 @@ class Engine:
             raise QueryError(404, f"the upload has no face {face_idx}")
         return up.vectors[face_idx][None, :], up.poses.get(face_idx)
 
-    def search(self, served: Served, q: np.ndarray, pose_q: Any, offset: int, limit: int,
-               pose: str = "off") -> dict[str, Any]:
-        """One page of hits for query vector ``q`` (1, d): rank, score, pose distance, metadata, links."""
-        from artextract.index.pose_rank import apply_pose
-
+    def search(self, served: Served, q: np.ndarray, pose_q: Any, offset: int, limit: int, pose: str = "off",
+               copies: bool = False, query_key: V.Key | None = None, query_jpeg: bytes | None = None
+               ) -> dict[str, Any]:
+        """One page of hits for query vector ``q`` (1, d): the service's hits plus metadata and links.
+        ``copies``: verify the shortlist against the query's pixels (``query_jpeg``, else the stored
+        crop of ``query_key``)."""
         reader, cat = served.reader, served.catalog
         if q.shape[1] != reader.manifest["dim"]:
             raise QueryError(422, f"query has dim {q.shape[1]}, the index has dim {reader.manifest['dim']}")
+        if copies and pose != "off":
+            raise QueryError(422, "copies=true and pose= are two re-rankings: use one at a time")
         depth = min(self.cfg.max_k, offset + limit)
         if offset >= depth:
             raise QueryError(422, f"offset + limit may reach at most max_k={self.cfg.max_k}")
         # one more than the page needs, so the page knows whether a next one exists
-        fetch = min(reader.ntotal, (depth + 1) * (self.cfg.pose_oversample if pose != "off" else 1)) or 1
-        scores, keys = reader.search(q, fetch, self.cfg.nprobe, self.cfg.k_factor)
-        hits = [{"rank": r + 1, "image_id": k[0], "face_idx": int(k[1]), "score": round(float(s), 6)}
-                for r, (s, k) in enumerate(zip(scores[0], keys[0]))]
+        fetch = min(reader.ntotal, fetch_depth(depth + 1, pose, copies, self.cfg)) or 1
+        ask = {"key": query_key, "pose": pose_q, "jpeg": query_jpeg}
+        results, counts = served.service.search(q, [ask], depth + 1, fetch, pose, copies)
+        hits = results[0]
         pose_note = None
-        if pose != "off":
-            if pose_q is None or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in pose_q):
-                pose_note = "the query has no head pose (whole painting or degenerate landmarks): order unchanged"
-            poses = cat.poses([(h["image_id"], h["face_idx"]) for h in hits if h["face_idx"] >= 0])
-            qp = None if pose_q is None else tuple(math.nan if v is None else float(v) for v in pose_q)
-            hits = apply_pose(hits, qp, poses, pose, depth + 1, self.cfg.pose_max_deg, self.cfg.pose_weight)
+        if pose != "off" and (pose_q is None or any(v is None or (isinstance(v, float) and math.isnan(v))
+                                                    for v in pose_q)):
+            pose_note = "the query has no head pose (whole painting or degenerate landmarks): order unchanged"
         page = hits[offset:depth]
-        boxes = cat.boxes([(h["image_id"], h["face_idx"]) for h in page if h["face_idx"] >= 0])
         for h in page:
             h.update(cat.describe(h["image_id"]))
-            h["box"] = boxes.get((h["image_id"], h["face_idx"]))
             h["image_url"] = image_url(h["image_id"])
             h["thumb_url"] = face_url(h["image_id"], h["face_idx"]) if h["face_idx"] >= 0 else h["image_url"]
-        return {"version": reader.version, "metric": reader.metric, "offset": offset, "limit": limit,
-                "has_more": len(hits) > depth and depth < self.cfg.max_k,
-                "pose": pose, "pose_note": pose_note, "hits": page}
+        out = {"version": reader.version, "metric": reader.metric, "offset": offset, "limit": limit,
+               "has_more": len(hits) > depth and depth < self.cfg.max_k,
+               "pose": pose, "pose_note": pose_note, "hits": page}
+        if copies:
+            out["copies"] = {"verified_hits": sum(bool(h.get("verified")) for h in page),
+                             "query_has_pixels": not counts.get("queries_without_pixels")}
+        return out
 
 
 def image_url(image_id: str) -> str:
@@ -305,3 +285,16 @@ def redactor(cfg: ServeConfig) -> Callable[[str], str]:
         patterns += [r"https?://" + re.escape(host) + r"[^\s'\"<>]*", re.escape(host)]
     rx = re.compile("|".join(f"(?:{p})" for p in patterns))
     return lambda text: rx.sub("<storage>", text)
+
+
+def discover_reports(index: str, cfg: StorageConfig) -> dict[str, str]:
+    """name -> directory of the demo's HTML reports beside a demo index (``<root>/similarity/index``)."""
+    root = index.rstrip("/").rsplit("/", 2)[0] if index.rstrip("/").endswith("similarity/index") else None
+    if not root:
+        return {}
+    found = {}
+    for name, rel in (("classifier", "classifier/report"), ("similarity", "similarity/eval")):
+        uri = storage.join(root, rel)
+        if storage.exists(storage.join(uri, "summary.json"), cfg):  # a finished report run
+            found[name] = uri
+    return found

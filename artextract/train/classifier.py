@@ -22,8 +22,12 @@ from artextract.data.mix import mix_batch
 from artextract.losses.multitask import CLASS_WEIGHT_POWER, MultiTaskLoss, balanced_weights
 from artextract.models.crnn import CRNNClassifier
 from artextract.core.runinfo import JobRun
-from artextract.train import data as tdata
+from artextract.data import loaders as tdata
 from artextract.train.checkpoint import checkpoint_uri
+from artextract.pipelines.ray_env import init_ray
+from artextract.train import checkpoint as ckpt
+from artextract.train.launch import launch
+from artextract.train.loop import Launch
 
 log = logging.getLogger(__name__)
 TASK = "classifier"
@@ -171,8 +175,6 @@ def _finite(x: float) -> float | None:
 
 def run(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     """Train the classifier into ``cfg.out``; returns the summary (also written as summary.json)."""
-    from artextract.train.launch import launch
-    from artextract.train.loop import Launch
 
     if not cfg.out or not cfg.data.input:
         raise ValueError("train classifier needs out= and data.input=")
@@ -189,13 +191,11 @@ def run(cfg: ClassifierTrainConfig) -> dict[str, Any]:
                   shuffle_buffer=4 * cfg.train.batch_size)
     datasets = None
     if cfg.data.loader == "ray_data":
-        from artextract.pipelines.ray_env import init_ray
 
         init_ray(cfg.ray)
         datasets = {"train": _dataset(cfg, prep.tables["train"], ClassifierTask(cfg, prep).batch_maker(True))}
     launch(spec, "train_classifier", cfg.ray, datasets)
     job.lap("train")
-    from artextract.train import checkpoint as ckpt
 
     last = ckpt.load(checkpoint_uri(cfg.out, "last"), cfg.storage, task=TASK)
     counts = {"rows": sum(n.values()), **{f"{s}_rows": v for s, v in n.items()},

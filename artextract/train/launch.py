@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from artextract.config import RayConfig
+from artextract.pipelines.ray_env import init_ray
 from artextract.train.loop import Launch, fit_in_process
 
 
 def _ray(spec: Launch, name: str, ray_cfg: RayConfig, datasets: dict[str, Any] | None) -> None:
-    from artextract.pipelines.ray_env import init_ray
     from artextract.train import ray_train  # the only ray.train user
 
     init_ray(ray_cfg)

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from artextract.config import OptimConfig
-from artextract.models.registry import Registry
+from artextract.core.registry import Registry
 
 # (step, total steps, warmup steps) -> LR multiplier.
 SCHEDULES: Registry[Callable[[int, int, int], float]] = Registry("schedule")

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import SimilarityTrainConfig
 from artextract.data.augment import reproduction_transform
 from artextract.data.sampler import MPerClassBatchSampler
@@ -27,7 +27,10 @@ from artextract.losses.distributed import GatherLoss
 from artextract.models.embedding import EmbeddingNet
 from artextract.core.runinfo import JobRun
 from artextract.train import checkpoint as ckpt
-from artextract.train import data as tdata
+from artextract.stages.embed import save_checkpoint
+from artextract.train.launch import launch
+from artextract.train.loop import Launch
+from artextract.data import loaders as tdata
 
 log = logging.getLogger(__name__)
 TASK = "similarity"
@@ -36,9 +39,7 @@ JPEG = {"faces": "crop_jpeg", "images": "whole_jpeg"}
 
 def _read_rows(uri: str, what: str, cfg: SimilarityTrainConfig) -> pa.Table:
     """(image_id, face_idx, jpeg) of one preprocess output's faces/ or ok images/, sorted."""
-    files = tdata.part_files(storage.join(uri, what), cfg.storage)
-    if not files:
-        raise FileNotFoundError(f"no {what}/part-*.parquet under {uri} (is it a preprocess output?)")
+    files = layout.PreprocessOutput(uri, cfg.storage).table(what).require()
     cols = ["image_id", JPEG[what]] + (["face_idx"] if what == "faces" else ["status"])
     t = pa.concat_tables([storage.read_parquet(f, cfg.storage, columns=cols) for f in files])
     if what == "images":
@@ -203,7 +204,6 @@ def prepare(cfg: SimilarityTrainConfig) -> Prepared:
 
 def export_embedding_model(out: str, which: str, storage_cfg) -> tuple[str, str]:
     """Write ``<out>/model.pt`` (embedding-checkpoint format) from a training checkpoint; (uri, version)."""
-    from artextract.stages.embed import save_checkpoint
 
     state = ckpt.load(ckpt.checkpoint_uri(out, which), storage_cfg, task=TASK)
     m = state["meta"]["model"]
@@ -216,8 +216,6 @@ def export_embedding_model(out: str, which: str, storage_cfg) -> tuple[str, str]
 
 def run(cfg: SimilarityTrainConfig) -> dict[str, Any]:
     """Train into ``cfg.out``; export model.pt; returns the summary."""
-    from artextract.train.launch import launch
-    from artextract.train.loop import Launch
 
     if not cfg.out or not cfg.data.input:
         raise ValueError("train similarity needs out= and data.input=")

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { query: null, faceIdx: null, offset: 0, limit: 12, pose: "off" };
+const state = { query: null, faceIdx: null, offset: 0, limit: 12, pose: "off", copies: false };
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -125,7 +125,7 @@ async function runSearch() {
   const q = state.query;
   if (!q) return;
   const who = q.kind === "upload" ? `upload=${q.upload_id}` : `image_id=${encodeURIComponent(q.image_id)}`;
-  const url = `/api/search?${who}&face_idx=${state.faceIdx}&offset=${state.offset}&limit=${state.limit}&pose=${state.pose}`;
+  const url = `/api/search?${who}&face_idx=${state.faceIdx}&offset=${state.offset}&limit=${state.limit}&pose=${state.copies ? "off" : state.pose}&copies=${state.copies}`;
   showError("");
   try {
     const res = await api(url);
@@ -146,7 +146,8 @@ function renderResults(res) {
       el("div", {}, h.artist || "unknown artist"),
       el("div", {}, h.date || ""),
       el("div", { class: "score" }, `score ${h.score.toFixed(3)}` +
-        (h.pose_distance_deg != null ? ` · pose Δ ${h.pose_distance_deg}°` : "")));
+        (h.pose_distance_deg != null ? ` · pose Δ ${h.pose_distance_deg}°` : "") +
+        (h.inliers != null ? ` · ${h.inliers} matching points${h.verified ? " (same picture)" : ""}` : "")));
     const links = el("div", {});
     links.append(el("button", { type: "button", onclick: () => openPainting(h.image_id) }, "open"));
     if (h.iiif) links.append(" ", el("a", { href: h.iiif, target: "_blank", rel: "noopener" }, "IIIF image"));
@@ -164,6 +165,9 @@ $("find-form").addEventListener("submit", (e) => { e.preventDefault(); findPaint
 $("upload-form").addEventListener("submit", (e) => { e.preventDefault(); upload($("upload-input").files[0]); });
 $("whole-button").addEventListener("click", () => search(-1));
 $("pose").addEventListener("change", (e) => { state.pose = e.target.value; state.offset = 0; runSearch(); });
+$("copies").addEventListener("change", (e) => {
+  state.copies = e.target.checked; $("pose").disabled = state.copies; state.offset = 0; runSearch();
+});
 $("page-size").addEventListener("change", (e) => { state.limit = +e.target.value; state.offset = 0; runSearch(); });
 $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); runSearch(); });
 $("next").addEventListener("click", () => { state.offset += state.limit; runSearch(); });

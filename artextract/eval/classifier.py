@@ -23,7 +23,7 @@ from artextract.eval.classifier_report import ClassifierPredictions, TaskPredict
 from artextract.models.crnn import CRNNClassifier
 from artextract.core.runinfo import JobRun
 from artextract.train import checkpoint as ckpt
-from artextract.train import data as tdata
+from artextract.data import loaders as tdata
 
 log = logging.getLogger(__name__)
 THUMB_PX = 128

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import ClassifierDataConfig, StorageConfig
 from artextract.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
@@ -31,17 +31,18 @@ UNKNOWN = -1
 SPLITS = ("train", "val", "test")
 
 
-def part_files(base: str, cfg: StorageConfig) -> list[str]:
-    """Sorted URIs of the committed ``part-*.parquet`` shards of ``base`` (storage.part_files)."""
-    return storage.part_files(base, cfg)
+def part_files(base: str, cfg: StorageConfig | None) -> list[str]:
+    """Sorted URIs of the committed ``part-*.parquet`` shards of ``base`` (core/layout.py)."""
+    return layout.Parts(base, cfg).files()
 
 
 def load_rows(uri: str, tasks: tuple[str, ...], cfg: StorageConfig, extra: tuple[str, ...] = (),
               require_labels: bool = True) -> pa.Table:
     """Key table (image_id, src, src_row, <tasks>, <extra>) of a preprocess output or a manifest;
     without ``require_labels`` an absent label column becomes all-unknown (a new collection)."""
-    pre = part_files(storage.join(uri, "images"), cfg)
-    files = pre or part_files(uri, cfg)
+    kind, rows_of = layout.labelled_rows(uri, cfg)
+    pre = kind == "preprocess"
+    files = rows_of.files()
     if not files:
         raise FileNotFoundError(f"{uri}: neither a preprocess output (images/part-*.parquet) nor a manifest "
                                 "(part-*.parquet)")

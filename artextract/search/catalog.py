@@ -1,18 +1,18 @@
 """What the server knows about each indexed image besides its vectors: metadata, face boxes and
 poses, and the JPEG bytes it shows -- all read through :mod:`artextract.core.storage`, never linked.
 
-Where it comes from (first that applies, per index version):
+Where it comes from (first that applies, per index version; with ``discover=False`` -- the CLI --
+only the explicit ``faces=`` / ``manifest=``):
 
 - faces (preprocess output: ``faces/`` crop_jpeg, box, yaw/pitch/roll; ``images/`` whole_jpeg,
   orig_width/orig_height): ``faces=``; else the reindex snapshot (``collection.parquet`` of the
   served version; each row's ``delta`` names ``<index>/work/deltas/<delta>/preprocessed``); else
-  the preprocess output the index's embeddings were made from (``embeddings`` in the version's
-  ``config.resolved.yaml`` -> that embed run's ``input``).
+  the preprocess output recorded in the index's ``lineage`` (index.json, written at build time).
 - metadata (title, artist, date, IIIF urls): ``manifest=``; else the snapshot itself; else the
-  manifest of that preprocess run (its ``config.resolved.yaml``).
+  manifest recorded in the lineage.
 
-Nothing here returns an object-storage URI: metadata is limited to :data:`PUBLIC_COLUMNS`, and only
-``http(s)`` IIIF links (public image servers) are passed on.
+The server's catalog returns no object-storage URI: metadata is limited to :data:`PUBLIC_COLUMNS`
+(``columns``), and only ``http(s)`` IIIF links (public image servers) are passed on.
 """
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from artextract.core import storage
+from artextract.core import layout, storage
 from artextract.config import StorageConfig
 from artextract.index import versions as V
+from artextract.index.collection import read_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +37,12 @@ PUBLIC_COLUMNS = ("title", "attribution", "artist", "displaydate", "date", "styl
 IIIF_COLUMNS = ("iiif_full_url", "iiif_bounded_url", "iiif_thumb_url")
 
 
-def _resolved(uri: str, cfg: StorageConfig) -> dict[str, Any]:
-    from artextract.index.query_image import _resolved_config
-
-    try:
-        return _resolved_config(uri, cfg)
-    except (OSError, ValueError) as exc:
-        log.info("no readable config.resolved.yaml under %s: %s", uri, exc)
-        return {}
-
-
-def _clean(v: Any) -> Any:
+def clean(v: Any) -> Any:
+    """A JSON-safe metadata value: dates as ISO text, non-finite floats as None."""
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
     if hasattr(v, "isoformat"):
         return v.isoformat()
-    if isinstance(v, float) and v != v:
-        return None
     return v
 
 
@@ -82,37 +75,36 @@ class Catalog:
     """Metadata, faces and images of one index version (module docstring says where from)."""
 
     def __init__(self, index: str, version: int, cfg: StorageConfig, faces: str | None = None,
-                 manifest: str | None = None, embeddings: str | None = None):
-        self.cfg = cfg
+                 manifest: str | None = None, lineage: dict[str, Any] | None = None, discover: bool = True,
+                 columns: tuple[str, ...] = PUBLIC_COLUMNS):
+        self.cfg, self.columns = cfg, tuple(columns)
         self.default_faces: str | None = faces
         self.by_delta: dict[str, str] = {}  # image_id -> preprocess output (reindex deltas)
+        lineage = lineage or {}
         meta: pa.Table | None = None
         snapshot = None
-        if not faces or not manifest:
-            from artextract.index.collection import read_snapshot
-
+        if discover and (not faces or not manifest):
             snapshot = read_snapshot(index, version, cfg)
         if not faces and snapshot is not None and "delta" in snapshot.column_names:
             for i, d in zip(snapshot["image_id"].to_pylist(), snapshot["delta"].to_pylist()):
                 if d:
                     self.by_delta[i] = storage.join(index, "work", "deltas", d, "preprocessed")
-        if not faces and not self.by_delta and embeddings:
-            self.default_faces = _resolved(embeddings, cfg).get("input") or None
+        if discover and not faces and not self.by_delta:
+            self.default_faces = lineage.get("preprocess") or None
         if manifest:
             meta = self._read_meta(manifest)
         elif snapshot is not None:
             meta = snapshot
-        elif self.default_faces:
-            pre_manifest = _resolved(self.default_faces, cfg).get("manifest")
-            meta = self._read_meta(pre_manifest) if pre_manifest else None
+        elif discover and lineage.get("manifest"):
+            meta = self._read_meta(lineage["manifest"])
         self.sources = {"faces": self.default_faces or ("reindex deltas" if self.by_delta else None),
                         "manifest": manifest or ("reindex snapshot" if snapshot is not None else
                                                  ("preprocess manifest" if meta is not None else None))}
         self.meta: dict[str, dict[str, Any]] = {}
         if meta is not None:
-            cols = [c for c in PUBLIC_COLUMNS if c in meta.column_names]
+            cols = [c for c in self.columns if c in meta.column_names and c != "image_id"]
             for row in meta.select(["image_id"] + cols).to_pylist():
-                self.meta[str(row.pop("image_id"))] = {c: _clean(v) for c, v in row.items()}
+                self.meta[str(row.pop("image_id"))] = {c: clean(v) for c, v in row.items()}
         self._search_text = {i: " ".join(str(m.get(c) or "") for c in ("title", "attribution", "artist",
                                                                            "relpath", "displaydate", "date")
                                          ).lower() + " " + i.lower() for i, m in self.meta.items()}
@@ -121,17 +113,12 @@ class Catalog:
                  self.sources["manifest"], len(self.meta))
 
     def _read_meta(self, uri: str) -> pa.Table | None:
-        from artextract.index.jobs import _parquet_files
-
-        import pyarrow.dataset as ds
-
         try:
-            fs, files = _parquet_files(uri, self.cfg)
-            dataset = ds.dataset(files, format="parquet", filesystem=fs)
+            dataset = layout.Manifest(uri, self.cfg).dataset()
         except (OSError, ValueError) as exc:
             log.warning("metadata manifest %s unreadable: %s", uri, exc)
             return None
-        cols = ["image_id"] + [c for c in PUBLIC_COLUMNS if c in dataset.schema.names]
+        cols = ["image_id"] + [c for c in self.columns if c in dataset.schema.names and c != "image_id"]
         return dataset.to_table(columns=cols)
 
     # ------------------------------------------------------------------ metadata
@@ -163,13 +150,17 @@ class Catalog:
                 out.setdefault(src, []).append(i)
         return out
 
-    def _rows(self, table: str, image_ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
-        from artextract.index.jobs import read_rows
+    @property
+    def has_faces(self) -> bool:
+        """Whether any preprocess output (boxes, crops, poses) is known."""
+        return bool(self.default_faces or self.by_delta)
 
+    def _rows(self, table: str, image_ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for src, ids in self._groups(sorted(set(image_ids))).items():
             try:
-                rows.extend(read_rows(storage.join(src, table), ids, columns, self.cfg, optional=True).to_pylist())
+                rows.extend(layout.PreprocessOutput(src, self.cfg).table(table).rows(
+                    ids, columns, optional=True).to_pylist())
             except (OSError, ValueError) as exc:
                 log.warning("cannot read %s rows from %s: %s", table, src, exc)
         return rows
@@ -197,7 +188,7 @@ class Catalog:
     def boxes(self, keys: list[V.Key]) -> dict[V.Key, list[float]]:
         """Face boxes (original pixels) of the given keys."""
         rows = self._rows("faces", [k[0] for k in keys], ["face_idx", "box"])
-        return {(r["image_id"], int(r["face_idx"])): [round(float(x), 1) for x in r["box"]]
+        return {(r["image_id"], int(r["face_idx"])): [round(float(x), 2) for x in r["box"]]
                 for r in rows if r.get("box") is not None}
 
     def face_jpeg(self, image_id: str, face_idx: int) -> bytes | None:
@@ -209,6 +200,30 @@ class Catalog:
             hit = next((r["crop_jpeg"] for r in rows if int(r["face_idx"]) == face_idx and r["crop_jpeg"]), b"")
             self._bytes.put(key, hit)
         return hit or None
+
+    def pixels(self, keys: list[V.Key]) -> tuple[dict[V.Key, bytes], dict[str, bytes]]:
+        """(face crops by key, whole paintings by image_id) of ``keys``, read in two bulk reads and
+        cached: whole paintings for whole-image keys and for faces without a stored crop."""
+        todo = sorted({k[0] for k in keys if k[1] >= 0 and self._bytes.get(("face", *k)) is None})
+        if todo:
+            got = {(r["image_id"], int(r["face_idx"])): r["crop_jpeg"]
+                   for r in self._rows("faces", todo, ["face_idx", "crop_jpeg"])}
+            for k in keys:
+                if k[1] >= 0 and k[0] in todo:
+                    self._bytes.put(("face", *k), got.get(k) or b"")
+            for k, v in got.items():  # other faces of the same images: cached for later grids
+                if v and self._bytes.get(("face", *k)) is None:
+                    self._bytes.put(("face", *k), v)
+        crops = {k: v for k in keys if k[1] >= 0 and (v := self._bytes.get(("face", *k)))}
+        whole_ids = sorted({k[0] for k in keys if k[1] < 0 or k not in crops})
+        todo = [i for i in whole_ids if self._bytes.get(("image", i)) is None]
+        if todo:
+            got = {r["image_id"]: r["whole_jpeg"] for r in self._rows("images", todo, ["whole_jpeg"])
+                   if r.get("whole_jpeg")}
+            for i in todo:
+                self._bytes.put(("image", i), got.get(i, b""))
+        wholes = {i: v for i in whole_ids if (v := self._bytes.get(("image", i)))}
+        return crops, wholes
 
     def image_jpeg(self, image_id: str) -> bytes | None:
         """The stored whole-painting JPEG (preprocess ``whole_jpeg``), None when unknown."""
@@ -224,16 +239,3 @@ class Catalog:
 def indexed_ids(reader) -> set[str]:
     """Distinct image_ids the reader's version holds."""
     return set(pc.unique(pa.array(reader._image_ids, pa.string())).to_pylist())
-
-
-def discover_reports(index: str, cfg: StorageConfig) -> dict[str, str]:
-    """name -> directory of the demo's HTML reports beside a demo index (``<root>/similarity/index``)."""
-    root = index.rstrip("/").rsplit("/", 2)[0] if index.rstrip("/").endswith("similarity/index") else None
-    if not root:
-        return {}
-    found = {}
-    for name, rel in (("classifier", "classifier/report"), ("similarity", "similarity/eval")):
-        uri = storage.join(root, rel)
-        if storage.exists(storage.join(uri, "summary.json"), cfg):  # a finished report run
-            found[name] = uri
-    return found

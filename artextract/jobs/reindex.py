@@ -3,13 +3,13 @@
 One run, all under the index's writer LOCK (a concurrent run exits with LockError):
 
 1. list the collection (folder ingest; S3 ETags) and diff it against the snapshot stored with the
-   published version (collection.py): new, changed, deleted;
+   published version (index/collection.py): new, changed, deleted;
 2. nothing changed -> no new version, the summary says so (unless ``compact=true``, which then
    only compacts the shards' delta segments);
 3. the new + changed images go through preprocess -> embed in a *delta* work directory named by a
    fingerprint of those rows and of the settings, so a rerun after a crash finds the same
    directory and both stages skip their finished shards;
-4. an update (update.py) removes every key of the changed and deleted images and adds the new
+4. an update (index/update.py) removes every key of the changed and deleted images and adds the new
    vectors as delta segments + tombstones of the shards that own them (segments.py; a shard is
    compacted once they pass ``compact_ratio`` of its base); the first run, or ``rebuild=true``, builds
    the index from the whole collection instead;
@@ -32,13 +32,47 @@ import pyarrow.compute as pc
 
 from artextract import manifest as mf
 from artextract.core import storage
-from artextract.config import ConfigError, EmbedConfig, PreprocessConfig, ReindexConfig, save_resolved
+from artextract.config import (ConfigError, EmbedConfig, IngestFolderConfig, PreprocessConfig, ReindexConfig,
+                               StorageConfig, save_resolved)
+from artextract.core.runinfo import JobRun
 from artextract.index import collection as C
 from artextract.index import versions as V
+from artextract.index.build import build_index, read_embeddings
 from artextract.index.lock import index_lock
-from artextract.core.runinfo import JobRun
+from artextract.index.update import update_index
+from artextract.ingest import folder
+from artextract.pipelines import embed, preprocess
+from artextract.stages.embed import model_version_of
 
 log = logging.getLogger(__name__)
+
+
+def s3_etags(uri: str, cfg: StorageConfig) -> dict[str, str]:
+    """``bucket/key`` -> ETag (quotes stripped) of every object under an s3:// prefix (boto3
+    listing: pyarrow's FileInfo does not expose ETags)."""
+    loc = storage.filesystem_for(uri, cfg)
+    bucket, _, prefix = loc.path.partition("/")
+    client = storage.s3_client(cfg)
+    out: dict[str, str] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+        for obj in page.get("Contents", []):
+            out[f"{bucket}/{obj['Key']}"] = obj["ETag"].strip('"')
+    return out
+
+
+def list_collection(uri: str, extensions: tuple[str, ...], include_all_files: bool, probe_dimensions: bool,
+                    cfg: StorageConfig) -> tuple[pa.Table, dict[str, int]]:
+    """The collection's manifest now (folder ingest, plus ETags on S3) and the ingest counts."""
+    icfg = IngestFolderConfig(images=uri, extensions=extensions, include_all_files=include_all_files,
+                              probe_dimensions=probe_dimensions, storage=cfg)
+    table, counts = folder.build_table(icfg)
+    loc = storage.filesystem_for(uri, cfg)
+    if loc.is_s3:
+        etags = s3_etags(uri, cfg)
+        paths = [storage.filesystem_for(u, cfg).path for u in table["uri"].to_pylist()]
+        idx = table.column_names.index("etag")
+        table = table.set_column(idx, "etag", pa.array([etags.get(p) for p in paths], pa.string()))
+    return table.sort_by("image_id"), counts
 
 
 def work_root(cfg: ReindexConfig) -> str:
@@ -48,8 +82,6 @@ def work_root(cfg: ReindexConfig) -> str:
 
 def embed_record(cfg: ReindexConfig) -> dict[str, Any]:
     """What index.json records about the model, so later runs and ``search --image`` embed alike."""
-    from artextract.stages.embed import model_version_of
-
     e = cfg.embed
     return {"model": e.model, "model_version": model_version_of(e.model, e.dim, e.seed, cfg.storage),
             "what": e.what, "image_size": e.image_size, "dim": e.dim, "seed": e.seed}
@@ -82,9 +114,6 @@ def delta_id(rows: pa.Table, cfg: ReindexConfig) -> str:
 
 def _process(cfg: ReindexConfig, rows: pa.Table, delta_uri: str) -> tuple[pa.Table | None, dict[str, Any]]:
     """preprocess -> embed the rows inside ``delta_uri``; returns (embeddings or None, counts)."""
-    from artextract.index.build import read_embeddings
-    from artextract.pipelines import embed, preprocess
-
     man_uri, pre_uri, emb_uri = (storage.join(delta_uri, d) for d in ("manifest", "preprocessed", "embeddings"))
     mf.write(rows.drop_columns([c for c in ("delta",) if c in rows.column_names]), man_uri, 50_000, cfg.storage)
     p = cfg.preprocess
@@ -129,9 +158,6 @@ def _prune_deltas(cfg: ReindexConfig, keep_id: str) -> list[str]:
 def _publish(cfg: ReindexConfig, full: bool, added: pa.Table | None, removed: list[V.Key],
              snapshot: pa.Table, record: dict[str, Any]) -> dict[str, Any]:
     """Build or update the index with the snapshot written into the version before it is published."""
-    from artextract.index.build import build_index
-    from artextract.index.update import update_index
-
     extra = {"embed": record, "collection": cfg.collection}
 
     def before_publish(version: int) -> None:
@@ -160,7 +186,7 @@ def run(cfg: ReindexConfig) -> dict[str, Any]:
         if incomplete:
             log.warning("reindex: removed the unpublished version(s) %s left by a crashed writer", incomplete)
         job.lap("lock")
-        now, ingest_counts = C.list_collection(cfg.collection, cfg.extensions, cfg.include_all_files,
+        now, ingest_counts = list_collection(cfg.collection, cfg.extensions, cfg.include_all_files,
                                                cfg.probe_dimensions, cfg.storage)
         job.lap("list")
         cur = V.current_version(cfg.index, cfg.storage)
