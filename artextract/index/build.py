@@ -144,9 +144,32 @@ def _shard_codes(codec: faiss.Index | None, vectors: np.ndarray, ids: np.ndarray
     return R.sorted_codes(ids, R.encode(codec, vectors))
 
 
+# How the shards' add + serialize runs: (trained template, [(vectors, ids)] per shard) -> serialized shards.
+ShardExecutor = Callable[[bytes, list[tuple[np.ndarray, np.ndarray]]], list[bytes]]
+
+
+def build_shards_local(template: bytes, parts: list[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
+    """The in-process executor: one shard after another."""
+    return [build_shard(template, vectors, ids) for vectors, ids in parts]
+
+
+def resolve_executor(parallel: "str | ShardExecutor") -> ShardExecutor:
+    """An executor passed in as is; ``local`` the in-process one; ``ray`` the Ray-task adapter
+    (index/ray_build.py, imported only then, so the library never needs Ray)."""
+    if callable(parallel):
+        return parallel
+    if parallel == "local":
+        return build_shards_local
+    if parallel == "ray":
+        from artextract.index.ray_build import build_shards_ray  # lazy: ray
+
+        return build_shards_ray
+    raise ValueError(f"parallel must be 'local', 'ray' or a shard executor, not {parallel!r}")
+
+
 def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, factory: str | None = None,
                 metric: str = "ip", storage_cfg: StorageConfig | None = None,
-                parallel: Literal["local", "ray"] = "local", keep: int = 3, nprobe: int | None = None,
+                parallel: "Literal['local', 'ray'] | ShardExecutor" = "local", keep: int = 3, nprobe: int | None = None,
                 flat_threshold: int = FLAT_THRESHOLD, train_size: int = 100_000,
                 recall_queries: int = 200, seed: int = 0, force_lock: bool = False, locked: bool = False,
                 extra: dict[str, Any] | None = None,
@@ -161,7 +184,8 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
     may write more files into the version directory before it becomes visible.
 
     An IVF index's ``nprobe`` (and, with a refine suffix, ``k_factor``) left None is tuned on the
-    recall queries for ``target_recall`` (tune.py); the chosen point and the whole sweep are recorded."""
+    recall queries for ``target_recall`` (tune.py); the chosen point and the whole sweep are recorded.
+    ``parallel``: the shard executor (resolve_executor), so the caller decides where shards build."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, not {metric!r}")
     if shards < 1:
@@ -176,14 +200,7 @@ def build_index(embeddings_uri: str | pa.Table, out_uri: str, shards: int = 4, f
     template = train_template(vectors, factory, metric, train_size, seed)
     codec = train_refine(vectors, factory, metric, train_size, seed)
     parts = [np.flatnonzero(ids % shards == s) for s in range(shards)]
-    if parallel == "ray":
-        from artextract.index.ray_build import build_shards_ray
-
-        blobs = build_shards_ray(template, [(vectors[p], ids[p]) for p in parts])
-    elif parallel == "local":
-        blobs = [build_shard(template, vectors[p], ids[p]) for p in parts]
-    else:
-        raise ValueError(f"parallel must be 'local' or 'ray', not {parallel!r}")
+    blobs = resolve_executor(parallel)(template, [(vectors[p], ids[p]) for p in parts])
     codec_index = R.load_codec(codec) if codec is not None else None  # deserialized once for every shard
     codes = [_shard_codes(codec_index, vectors[p], ids[p]) for p in parts]
     fast_scan = FS.stored_factory(factory)[1]

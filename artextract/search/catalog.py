@@ -78,6 +78,7 @@ class Catalog:
                  manifest: str | None = None, lineage: dict[str, Any] | None = None, discover: bool = True,
                  columns: tuple[str, ...] = PUBLIC_COLUMNS):
         self.cfg, self.columns = cfg, tuple(columns)
+        self.strict = not discover  # explicit inputs only (the CLI): unreadable ones are errors
         self.default_faces: str | None = faces
         self.by_delta: dict[str, str] = {}  # image_id -> preprocess output (reindex deltas)
         lineage = lineage or {}
@@ -92,7 +93,7 @@ class Catalog:
         if discover and not faces and not self.by_delta:
             self.default_faces = lineage.get("preprocess") or None
         if manifest:
-            meta = self._read_meta(manifest)
+            meta = self._read_meta(manifest, strict=self.strict)
         elif snapshot is not None:
             meta = snapshot
         elif discover and lineage.get("manifest"):
@@ -112,10 +113,14 @@ class Catalog:
         log.info("catalog v%d: faces from %s, metadata from %s (%d rows)", version, self.sources["faces"],
                  self.sources["manifest"], len(self.meta))
 
-    def _read_meta(self, uri: str) -> pa.Table | None:
+    def _read_meta(self, uri: str, strict: bool = False) -> pa.Table | None:
+        """The manifest's metadata columns; an unreadable one is logged and skipped (a server keeps
+        serving), or raised when ``strict`` (the CLI was given it explicitly)."""
         try:
             dataset = layout.Manifest(uri, self.cfg).dataset()
         except (OSError, ValueError) as exc:
+            if strict:
+                raise
             log.warning("metadata manifest %s unreadable: %s", uri, exc)
             return None
         cols = ["image_id"] + [c for c in self.columns if c in dataset.schema.names and c != "image_id"]
@@ -162,6 +167,8 @@ class Catalog:
                 rows.extend(layout.PreprocessOutput(src, self.cfg).table(table).rows(
                     ids, columns, optional=True).to_pylist())
             except (OSError, ValueError) as exc:
+                if self.strict:
+                    raise
                 log.warning("cannot read %s rows from %s: %s", table, src, exc)
         return rows
 
