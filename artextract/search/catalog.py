@@ -209,27 +209,40 @@ class Catalog:
         return hit or None
 
     def pixels(self, keys: list[V.Key]) -> tuple[dict[V.Key, bytes], dict[str, bytes]]:
-        """(face crops by key, whole paintings by image_id) of ``keys``, read in two bulk reads and
-        cached: whole paintings for whole-image keys and for faces without a stored crop."""
-        todo = sorted({k[0] for k in keys if k[1] >= 0 and self._bytes.get(("face", *k)) is None})
+        """(face crops by key, whole paintings by image_id) of ``keys``: whole paintings for
+        whole-image keys and for faces without a stored crop. Cache misses are read in one bulk read
+        per table, and the answer is built from what was read (the byte cache is bounded, so a large
+        grid must not depend on it keeping every entry)."""
+        crops: dict[V.Key, bytes] = {}
+        todo = set()
+        for k in (k for k in keys if k[1] >= 0):
+            hit = self._bytes.get(("face", *k))
+            if hit is None:
+                todo.add(k[0])
+            elif hit:
+                crops[k] = hit
         if todo:
             got = {(r["image_id"], int(r["face_idx"])): r["crop_jpeg"]
-                   for r in self._rows("faces", todo, ["face_idx", "crop_jpeg"])}
+                   for r in self._rows("faces", sorted(todo), ["face_idx", "crop_jpeg"])}
             for k in keys:
                 if k[1] >= 0 and k[0] in todo:
                     self._bytes.put(("face", *k), got.get(k) or b"")
-            for k, v in got.items():  # other faces of the same images: cached for later grids
-                if v and self._bytes.get(("face", *k)) is None:
-                    self._bytes.put(("face", *k), v)
-        crops = {k: v for k in keys if k[1] >= 0 and (v := self._bytes.get(("face", *k)))}
-        whole_ids = sorted({k[0] for k in keys if k[1] < 0 or k not in crops})
-        todo = [i for i in whole_ids if self._bytes.get(("image", i)) is None]
-        if todo:
-            got = {r["image_id"]: r["whole_jpeg"] for r in self._rows("images", todo, ["whole_jpeg"])
+                    if got.get(k):
+                        crops[k] = got[k]
+        wholes: dict[str, bytes] = {}
+        missing = []
+        for i in sorted({k[0] for k in keys if k[1] < 0 or k not in crops}):
+            hit = self._bytes.get(("image", i))
+            if hit is None:
+                missing.append(i)
+            elif hit:
+                wholes[i] = hit
+        if missing:
+            got = {r["image_id"]: r["whole_jpeg"] for r in self._rows("images", missing, ["whole_jpeg"])
                    if r.get("whole_jpeg")}
-            for i in todo:
+            for i in missing:
                 self._bytes.put(("image", i), got.get(i, b""))
-        wholes = {i: v for i in whole_ids if (v := self._bytes.get(("image", i)))}
+            wholes.update(got)
         return crops, wholes
 
     def image_jpeg(self, image_id: str) -> bytes | None:
