@@ -126,3 +126,71 @@ def test_faces_config_rejects_unknown_detectors_and_views():
         FacesConfig(views=["identity", "sideways"])
     with pytest.raises(ValidationError):
         FacesConfig(views=[])
+
+
+def test_our_onet_is_facenets_onet():
+    """stages/face_verify.py builds O-Net itself (no facenet/torchvision import in the actor): the
+    same layers and weights give the same face probabilities as facenet-pytorch's own ONet."""
+    import torch
+    from facenet_pytorch.models.mtcnn import ONet
+
+    from artextract.stages.face_verify import Verifier
+
+    ours, theirs = Verifier("cpu").onet, ONet(pretrained=True).eval()
+    x = torch.randn(32, 3, 48, 48, generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():  # float64: the same op sequence, so agreement to rounding is expected
+        a, b = ours.double()(x)[:, 1], theirs.double()(x)[2][:, 1]
+    assert torch.allclose(a, b, rtol=0, atol=1e-12), (a - b).abs().max()
+
+
+def test_retinaface_nms_keeps_what_torchvision_keeps():
+    """OpenCV's NMSBoxes replaced torchvision.ops.nms in RetinaFace's own NMS: same greedy result."""
+    import cv2
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        xy = rng.uniform(0, 200, (60, 2))
+        boxes = np.column_stack([xy, xy + rng.uniform(10, 60, (60, 2))])
+        scores = rng.permutation(np.linspace(0.2, 1.0, 60))  # distinct: no tie-order ambiguity
+        ref = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.4).numpy()
+        xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
+        ours = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, 0.4)).reshape(-1)
+        np.testing.assert_array_equal(ours[np.argsort(-scores[ours], kind="stable")], ref)
+
+
+def test_retinaface_input_blob_is_bgr_minus_mean(astronaut):
+    import cv2
+
+    from artextract.stages.face_detectors import _BGR_MEAN
+
+    blob = cv2.dnn.blobFromImage(astronaut, 1.0, None, _BGR_MEAN, swapRB=True, crop=False)
+    ref = (astronaut[..., ::-1].astype(np.float32) - np.array(_BGR_MEAN, np.float32)).transpose(2, 0, 1)[None]
+    np.testing.assert_array_equal(blob, ref)  # integer pixels minus integer means: exact in float32
+
+
+def test_config_views_are_the_registered_views():
+    from typing import get_args
+
+    literal = get_args(FacesConfig.model_fields["views"].annotation)[0]
+    assert set(get_args(literal)) == set(VIEWS)
+    assert set(FacesConfig().views) <= set(VIEWS)
+
+
+def test_the_default_detector_needs_neither_torchvision_nor_facenet():
+    """A detector actor's start is mostly imports: the default (RetinaFace on onnxruntime + our
+    O-Net) must not pull in torchvision (~1 s) or facenet-pytorch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from skimage import data\n"
+            "from artextract.config import FacesConfig\n"
+            "from artextract.stages.faces import FaceDetector\n"
+            "faces = FaceDetector(FacesConfig(device='cpu'), 1).detect([data.astronaut()])[0]\n"
+            "assert len(faces) == 1, faces\n"
+            "print(sorted(m for m in ('torchvision', 'facenet_pytorch') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -29,10 +29,10 @@ class FacesConfig(Strict):
         "retinaface", description="stages/face_detectors.py; ensemble = every detector in faces.members")
     members: list[Literal["retinaface", "mtcnn"]] = Field(
         ["retinaface", "mtcnn"], min_length=1, description="the detectors faces.detector=ensemble merges")
-    views: list[Literal["identity", "flip", "half", "grey", "rot+15", "rot-15"]] = Field(
-        ["identity", "grey"], min_length=1,
+    views: list[Literal["identity", "flip", "half", "grey", "grey-half", "rot+15", "rot-15"]] = Field(
+        ["identity", "grey-half"], min_length=1,
         description="test-time views each detector runs on, merged by weighted NMS (stages/face_merge.py)")
-    min_prob: float = Field(0.4, ge=0, le=1, description="faces below this calibrated probability are dropped")
+    min_prob: float = Field(0.45, ge=0, le=1, description="faces below this calibrated probability are dropped")
     candidate_prob: float = Field(0.2, ge=0, le=1, description="raw detector score a candidate needs to be merged")
     merge_iou: float = Field(0.5, gt=0, le=1, description="candidates overlapping this much are one face")
     nms_iou: float = Field(0.4, gt=0, le=1, description="RetinaFace's own NMS within one view")

@@ -1,12 +1,14 @@
 """Face-detection metrics against hand labels: box matching at an IoU threshold, precision/recall,
 VOC average precision, and the image-level figures a curator cares about (is the prominent face of
-a portrait found? does a landscape stay faceless?). Pure numpy over plain dicts; no I/O."""
+a portrait found? does a landscape stay faceless?). Numpy over plain dicts; no I/O."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from artextract.stages.face_detectors import box_iou as iou  # one IoU for detection and its scoring
 
 SIZES = ("prominent", "small")
 POSES = ("frontal", "profile", "other")
@@ -21,20 +23,6 @@ class LabelledImage:
     boxes: np.ndarray                      # (G, 4) float
     sizes: list[str] = field(default_factory=list)
     poses: list[str] = field(default_factory=list)
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).prod(-1)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) intersection over union of boxes a (N, 4) and b (M, 4), x1 y1 x2 y2."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    union = _area(a)[:, None] + _area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def match(gt: np.ndarray, det: np.ndarray, scores: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray]:

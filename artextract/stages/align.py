@@ -1,9 +1,15 @@
 """Face alignment: a similarity transform maps MTCNN's 5 landmarks onto the standard 5-point
-template (the ArcFace 112x112 layout), so crops are upright, centred and scale-normalised."""
+template (the ArcFace 112x112 layout), so crops are upright, centred and scale-normalised.
+
+skimage estimates the transform (least squares, Umeyama); OpenCV warps: ``skimage.transform.warp``
+converts the whole source image to float64 first (19 MB for a 1024 px detection image, ~10 ms a
+face), ``cv2.warpAffine`` reads only the pixels the crop needs, in uint8.
+"""
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from skimage.transform import SimilarityTransform, warp
+from skimage.transform import SimilarityTransform
 
 # Left eye, right eye, nose tip, left and right mouth corners, in a 112x112 crop.
 TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -27,8 +33,13 @@ def aligned_crop(image: np.ndarray, landmarks: np.ndarray, box: np.ndarray, size
         tform = SimilarityTransform.from_estimate(landmarks.astype(np.float64), template(size, margin))
     if not tform or not np.isfinite(tform.params).all():
         return box_crop(image, box, size, margin)
-    out = warp(image, tform.inverse, output_shape=(size, size), order=1, mode="edge", preserve_range=True)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return _warp(image, tform.params, size, 0)
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, size: int, flags: int) -> np.ndarray:
+    """Bilinear warp to ``size`` x ``size``, edge pixels repeated (skimage's mode="edge")."""
+    return cv2.warpAffine(np.ascontiguousarray(image), matrix[:2].astype(np.float64), (size, size),
+                          flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_REPLICATE)
 
 
 def box_crop(image: np.ndarray, box: np.ndarray, size: int, margin: float) -> np.ndarray:
@@ -38,5 +49,4 @@ def box_crop(image: np.ndarray, box: np.ndarray, size: int, margin: float) -> np
     half = max(x2 - x1, y2 - y1, 1.0) * (1.0 + margin) / 2
     scale = (2 * half) / size
     tform = SimilarityTransform(scale=scale, translation=(cx - half, cy - half))
-    out = warp(image, tform, output_shape=(size, size), order=1, mode="edge", preserve_range=True)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return _warp(image, tform.params, size, cv2.WARP_INVERSE_MAP)  # tform maps crop -> image pixels

@@ -7,7 +7,8 @@ score), and each merged face gets one calibrated probability from two cues:
 
 - ``vote``: the mean over sources of the best score each gave the face (0 where a source missed
   it): a face that only one view of one detector sees is doubtful;
-- ``verify``: MTCNN's O-Net (its last, 48-px face/non-face stage) on a square crop of the box.
+- ``verify``: MTCNN's O-Net (its last, 48-px face/non-face stage) on a square crop of the box
+  (stages/face_verify.py).
 
 ``prob = sigmoid(a * vote + b * verify + c)``: a logistic fit of "matches a hand-labelled face at
 IoU 0.5" on the dev half of the labelled NGA images (tests/fixtures/nga_faces.csv), so
@@ -21,13 +22,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from artextract.stages.face_detectors import Raw
+from artextract.stages.face_detectors import Raw, box_iou
 
 # (a, b, c) per faces.detector, fitted by `make bench-faces` on the dev half (docs/benchmarks.md, Faces).
 CALIBRATION: dict[str, tuple[float, float, float]] = {
-    "mtcnn": (1.71, 0.78, 0.10),
-    "retinaface": (3.06, 2.73, -2.79),
-    "ensemble": (3.65, 1.93, -2.38),
+    "mtcnn": (1.62, 0.50, 0.56),
+    "retinaface": (2.86, 2.51, -1.98),
+    "ensemble": (3.13, 1.75, -1.63),
 }
 
 Inverse = Callable[[Raw], Raw]
@@ -88,8 +89,22 @@ def _rotate(degrees: float) -> Callable[[np.ndarray], tuple[np.ndarray, Inverse]
     return view
 
 
+def _then(first: Callable[[np.ndarray], tuple[np.ndarray, Inverse]],
+          second: Callable[[np.ndarray], tuple[np.ndarray, Inverse]]) -> Callable[[np.ndarray], tuple[np.ndarray, Inverse]]:
+    """``second`` applied to ``first``'s output; detections map back through both inverses."""
+    def view(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
+        a, back_a = first(img)
+        b, back_b = second(a)
+        return b, lambda r: back_a(back_b(r))
+    return view
+
+
 VIEWS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, Inverse]]] = {
     "identity": _identity, "flip": _flip, "half": _half, "grey": _grey,
+    # The default second view: on the labelled dev half it votes as well as full-size grey (prints
+    # and drawings at half size still have their faces above RetinaFace's 16 px anchors) and
+    # costs a quarter of the pixels (docs/benchmarks.md, Faces).
+    "grey-half": _then(_grey, _half),
     "rot+15": _rotate(15.0), "rot-15": _rotate(-15.0),
 }
 
@@ -101,16 +116,13 @@ def weighted_nms(parts: list[Raw], iou: float) -> tuple[Raw, np.ndarray]:
     ``iou`` form a face; its box and landmarks are their score-weighted mean, its raw score their
     maximum, and its vote the mean over sources of each source's best score in the cluster.
     """
-    import torch
-    import torchvision
-
     boxes = np.concatenate([p.boxes for p in parts]) if parts else np.zeros((0, 4))
     if len(boxes) == 0:
         return Raw.empty(), np.zeros(0)
     scores = np.concatenate([p.scores for p in parts])
     points = np.concatenate([p.landmarks for p in parts])
     source = np.concatenate([np.full(len(p.scores), k) for k, p in enumerate(parts)])
-    overlap = torchvision.ops.box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    overlap = box_iou(boxes, boxes)
     free = np.ones(len(boxes), bool)
     out_b, out_p, out_s, votes = [], [], [], []
     for i in np.argsort(-scores, kind="stable"):
@@ -126,31 +138,6 @@ def weighted_nms(parts: list[Raw], iou: float) -> tuple[Raw, np.ndarray]:
         np.maximum.at(best, source[members], scores[members])
         votes.append(best.mean())
     return Raw(np.array(out_b), np.array(out_s), np.array(out_p)), np.array(votes)
-
-
-class Verifier:
-    """MTCNN's O-Net as a second opinion on any box: P(face) of a square 48-px crop."""
-
-    def __init__(self, device: str = "cpu"):
-        import torch
-        from facenet_pytorch.models.mtcnn import ONet
-
-        self.torch, self.device = torch, device
-        self.onet = ONet(pretrained=True).to(device).eval()
-
-    def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        if len(boxes) == 0:
-            return np.zeros(0)
-        pil = Image.fromarray(image)
-        crops = []
-        for x1, y1, x2, y2 in boxes:
-            side, cx, cy = max(x2 - x1, y2 - y1), (x1 + x2) / 2, (y1 + y2) / 2
-            box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
-            crops.append(np.asarray(pil.crop(box).resize((48, 48), Image.BILINEAR)))
-        torch = self.torch
-        x = (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().to(self.device) - 127.5) * 0.0078125
-        with torch.no_grad():
-            return self.onet(x)[2][:, 1].double().cpu().numpy()
 
 
 def calibrated(coef: tuple[float, float, float], vote: np.ndarray, verify: np.ndarray) -> np.ndarray:

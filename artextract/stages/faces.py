@@ -15,7 +15,8 @@ from artextract.stages.align import aligned_crop
 from artextract.stages.decode import encode_jpeg
 from artextract.stages.device import resolve_device
 from artextract.stages.face_detectors import DETECTORS, Raw
-from artextract.stages.face_merge import CALIBRATION, VIEWS, Verifier, calibrated, weighted_nms
+from artextract.stages.face_merge import CALIBRATION, VIEWS, calibrated, weighted_nms
+from artextract.stages.face_verify import Verifier
 from artextract.stages.pose import pose_from_landmarks
 
 FACE_TYPE = pa.struct([
@@ -47,7 +48,10 @@ class FaceDetector:
         import torch
 
         if torch_threads:
+            import cv2
+
             torch.set_num_threads(torch_threads)
+            cv2.setNumThreads(torch_threads)  # views and RetinaFace's input: one pool per actor, not per core
         self.cfg = cfg
         self.device = resolve_device(cfg.device, "face detection")
         names = cfg.members if cfg.detector == "ensemble" else [cfg.detector]
