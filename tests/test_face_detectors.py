@@ -178,19 +178,24 @@ def test_config_views_are_the_registered_views():
     assert set(FacesConfig().views) <= set(VIEWS)
 
 
-def test_the_default_detector_needs_neither_torchvision_nor_facenet():
-    """A detector actor's start is mostly imports: the default (RetinaFace on onnxruntime + our
-    O-Net) must not pull in torchvision (~1 s) or facenet-pytorch."""
+def test_the_default_detector_needs_neither_torchvision_nor_facenet(astronaut, tmp_path):
+    """A detector actor's start is mostly imports: detecting with the default (RetinaFace on
+    onnxruntime + our O-Net) and cropping must not pull in torchvision (~1 s), facenet-pytorch or
+    skimage/scipy (~0.35 s)."""
     import subprocess
     import sys
 
+    Image.fromarray(astronaut).save(tmp_path / "a.png")
     code = ("import sys, numpy as np\n"
-            "from skimage import data\n"
+            "from PIL import Image\n"
             "from artextract.config import FacesConfig\n"
-            "from artextract.stages.faces import FaceDetector\n"
-            "faces = FaceDetector(FacesConfig(device='cpu'), 1).detect([data.astronaut()])[0]\n"
+            "from artextract.stages.faces import FaceDetector, face_record\n"
+            f"img = np.asarray(Image.open({str(tmp_path / 'a.png')!r}).convert('RGB'))\n"
+            "cfg = FacesConfig(device='cpu')\n"
+            "faces = FaceDetector(cfg, 1).detect([img])[0]\n"
             "assert len(faces) == 1, faces\n"
-            "print(sorted(m for m in ('torchvision', 'facenet_pytorch') if m in sys.modules))\n")
+            "assert face_record(0, faces[0], img, 1.0, cfg)['crop_jpeg']\n"
+            "print(sorted(m for m in ('torchvision', 'facenet_pytorch', 'skimage', 'scipy') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"

@@ -222,9 +222,10 @@ def test_evaluate_faces_on_the_labelled_nga_images(nga_local_run, tmp_path):
     import json
 
     # MTCNN at its old defaults measured 0.756 (dev) and 0.558 (test) prominent-image recall; the default
-    # (RetinaFace, identity + grey, calibrated) 0.951 and 0.791 (docs/benchmarks.md, Faces). Floors sit a
-    # few images below the default: dev has 41 such images, test 43.
-    for split, floor in (("dev", 0.88), ("test", 0.72)):
+    # (RetinaFace, identity + grey-half, calibrated, min_prob 0.45) 0.951 and 0.837 (docs/benchmarks.md,
+    # Faces). Floors sit three images below the default: dev has 41 such images, test 43. Faceless false
+    # positives: 0 of 13 (dev) and 2 of 19 (test: a dog's face, a moon); the bound allows one more.
+    for split, floor, fp in (("dev", 0.88, 0.08), ("test", 0.76, 0.16)):
         out = tmp_path / split
         assert main(["evaluate", "faces", "--preprocess", nga_local_run["pre"], "--labels", str(LABELS),
                      "--split", split, "--out", str(out)]) == 0
@@ -232,6 +233,6 @@ def test_evaluate_faces_on_the_labelled_nga_images(nga_local_run, tmp_path):
         print(split, {k: m[k] for k in ("images", "recall", "precision", "ap50", "prominent_image_recall",
                                         "faceless_fp_rate")}, {k: v["recall"] for k, v in m["recall_by"].items()})
         assert m["images_missing"] == 0 and m["images"] == {"dev": 57, "test": 71}[split]
-        assert m["prominent_image_recall"] >= floor and m["faceless_fp_rate"] <= 0.1
+        assert m["prominent_image_recall"] >= floor and m["faceless_fp_rate"] <= fp
         assert m["precision"] >= 0.9  # what the calibrated score keeps at >= 0.4 is nearly always a face
         assert (out / "errors.png").exists() and (out / "report.html").exists()

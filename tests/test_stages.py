@@ -220,3 +220,22 @@ def test_crops_match_a_float64_reference_warp():
         # OpenCV interpolates at 1/32-px resolution in fixed point: at most 255/32 ~ 8 levels on a
         # black/white edge, plus rounding; on average far below one level.
         assert diff.max() <= 9 and diff.mean() < 0.5, (diff.max(), diff.mean())
+
+
+def test_similarity_is_skimages_least_squares_similarity():
+    from skimage.transform import SimilarityTransform
+
+    from artextract.stages.align import similarity
+
+    rng = np.random.default_rng(0)
+    dst = template(160, 0.35)
+    for _ in range(50):
+        src = rng.uniform(0, 1000, (5, 2))
+        ref = SimilarityTransform.from_estimate(src, dst).params
+        np.testing.assert_allclose(similarity(src, dst), ref, rtol=1e-9, atol=1e-9)
+    # a mirrored face is still mapped by a rotation (det > 0), as skimage does
+    src = dst * [-1, 1] + rng.normal(0, 0.5, dst.shape)
+    ours = similarity(src, dst)
+    np.testing.assert_allclose(ours, SimilarityTransform.from_estimate(src, dst).params, rtol=1e-9, atol=1e-9)
+    assert np.linalg.det(ours[:2, :2]) > 0
+    assert similarity(np.ones((5, 2)), dst) is None  # degenerate: box crop instead
