@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from artextract import console
+from artextract.pipelines import ray_env
 from artextract.config import ConfigError, load_config, to_yaml
 
 
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     verb: Verb = args._verb
     flags = {f.key: getattr(args, f.key) for f in verb.flags if getattr(args, f.key) is not None}
     schema = getattr(importlib.import_module("artextract.config"), verb.schema)
+    had_ray = ray_env.ray_running()
     try:
         cfg = load_config(schema, args.config, list(args.overrides), flags=flags)
         _check_required(cfg, verb)
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg), end="")
             return 0
         summary = _resolve(verb.target)(cfg)
+        ray_env.stop_local_ray(had_ray)
     except ConfigError as exc:
         print(f"artextract {' '.join(verb.words)}: config error: {exc}", file=sys.stderr)
         return 2

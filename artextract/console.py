@@ -4,9 +4,10 @@ only with ``artextract -v``.
 
 Ray's noise comes from three places, each silenced through Ray's own settings, never by filtering
 our output: the driver's Python loggers (token-auth notice), the C++ core worker's log
-(``RAY_BACKEND_LOG_LEVEL``), and worker processes, whose loggers a ``worker_process_setup_hook``
-configures (Ray Train's PlacementGroupCleaner polls the State API, which a local Ray without a
-dashboard does not serve, and warns every second).
+(``RAY_BACKEND_LOG_LEVEL``), and worker processes, whose output stays in Ray's log files unless
+``-v``; for training, a ``worker_process_setup_hook`` also configures the workers' loggers (Ray
+Train's PlacementGroupCleaner polls the State API, which a local Ray without a dashboard does not
+serve, and warns every second; pipelines/ray_env.py says why other jobs go without it).
 """
 from __future__ import annotations
 

@@ -65,3 +65,23 @@ s3.list_objects_v2(Bucket={s3_bucket!r})
     out = proc.stdout + proc.stderr
     assert "our-debug-line" in out  # -v still shows DEBUG lines
     assert TEST_KEY_ID not in out and token not in out and "X-Amz-Security-Token" not in out
+
+
+def test_a_command_stops_the_local_ray_it_started_and_only_that():
+    """A command stops its own local Ray itself (Ray's atexit hook would first sleep 0.5 s), and
+    never a Ray that was running before it (a test session, a notebook; test_preprocess checks
+    that a command run in-process leaves the session's Ray up)."""
+    import os
+
+    script = ("from artextract.config import RayConfig\n"
+              "from artextract.pipelines import ray_env\n"
+              "ray = ray_env.init_ray(RayConfig(num_cpus=1))\n"
+              "assert ray_env.ray_running()\n"
+              "ray_env.stop_local_ray(was_running=True)\n"
+              "assert ray.is_initialized()\n"
+              "ray_env.stop_local_ray(was_running=False)\n"
+              "print(ray.is_initialized())\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ARTEXTRACT_VERBOSE": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"

@@ -199,3 +199,14 @@ def test_the_default_detector_needs_neither_torchvision_nor_facenet(astronaut, t
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_weighted_nms_takes_geometry_from_the_sharpest_sources_and_votes_from_all():
+    full = Raw(np.array([[0.0, 0, 10, 10]]), np.array([0.6]), np.zeros((1, 5, 2)))
+    half = Raw(np.array([[1.0, 1, 11, 11], [50, 50, 60, 60]]), np.array([0.9, 0.5]), np.full((2, 5, 2), 4.0))
+    merged, vote = weighted_nms([full, half], iou=0.5, resolution=[1.0, 0.5])
+    np.testing.assert_allclose(merged.boxes, [[0, 0, 10, 10], [50, 50, 60, 60]])  # not pulled by the half view
+    np.testing.assert_allclose(merged.landmarks[0], 0.0)
+    np.testing.assert_allclose(merged.landmarks[1], 4.0)  # a face only the half view saw keeps its geometry
+    np.testing.assert_allclose(vote, [(0.6 + 0.9) / 2, 0.5 / 2])
+    np.testing.assert_allclose(merged.scores, [0.9, 0.5])

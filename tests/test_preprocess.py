@@ -111,6 +111,7 @@ def test_s3_in_and_out(tmp_path, s3_bucket, s3_endpoint, s3_storage, ray_session
     ep = ["--s3-endpoint", s3_endpoint]
     assert main(["ingest", "folder", "--images", f"{base}/collection", "--out", f"{base}/manifest"] + ep) == 0
     assert main(["preprocess", "--manifest", f"{base}/manifest", "--out", f"{base}/pre", "shard_rows=2"] + ep) == 0
+    assert ray_session.is_initialized()  # a command stops only a local Ray it started itself
     summary = storage.read_json(f"{base}/pre/summary.json", s3_storage)
     c = summary["counts"]
     assert (c["manifest_rows"], c["processed"], c["quarantined"]) == (5, 4, 1)

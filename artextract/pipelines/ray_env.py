@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from typing import Iterator
 
@@ -15,8 +16,16 @@ from artextract.config import RayConfig
 log = logging.getLogger(__name__)
 
 
-def init_ray(cfg: RayConfig):
-    """Initialise Ray once per process and return the ray module."""
+def init_ray(cfg: RayConfig, quiet_workers: bool = False):
+    """Initialise Ray once per process and return the ray module.
+
+    ``quiet_workers`` (training) gives a local Ray the ``worker_process_setup_hook`` that configures
+    every worker's loggers like the driver's: Ray Train's controller otherwise warns every second
+    in its log file. Other jobs go without it: Ray cannot hand a job with a runtime_env the
+    workers it prestarted at start-up, so every actor and task would wait for a fresh process
+    (~1 s of a 128-image preprocess on 2 cores, docs/benchmarks.md). A worker's root logger is at
+    WARNING either way, so the AWS SDK's DEBUG lines (credentials) are never emitted there.
+    """
     import ray
 
     if ray.is_initialized():
@@ -28,7 +37,9 @@ def init_ray(cfg: RayConfig):
     kwargs = dict(ignore_reinit_error=True, log_to_driver=console.verbose() or bool(address),
                   configure_logging=False)
     if address:
+        global _attached
         ray.init(address=address, **kwargs)
+        _attached = True
     else:
         # A single-node local Ray is never drained (spot reclaim): Ray Train's preemption watcher,
         # one more actor process per training run, has nothing to watch there.
@@ -36,10 +47,9 @@ def init_ray(cfg: RayConfig):
         # The Train controller polls its workers every 2 s by default, so a finished (or crashed)
         # worker group is noticed ~1 s late on average; on one node a poll is a local call.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-        # Workers' log files as readable as the driver's (Ray's internal noise out unless -v); a
-        # submitted job brings its own runtime_env, so the hook is only set for a local Ray.
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook": "artextract.console.worker_setup"}, **kwargs)
+        # A submitted job brings its own runtime_env, so the hook is only ever set for a local Ray.
+        hook = {"runtime_env": {"worker_process_setup_hook": "artextract.console.worker_setup"}} if quiet_workers else {}
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, **hook, **kwargs)
     if not console.verbose():
         # One progress bar per stage is ours (artextract.console.progress); Ray Data's own would
         # print a block of operator lines every few seconds in a non-interactive console.
@@ -49,6 +59,27 @@ def init_ray(cfg: RayConfig):
     log.info("ray: %s", ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items())
                                   if k in ("CPU", "GPU")))
     return ray
+
+
+def ray_running() -> bool:
+    """Whether this process is connected to a Ray (without importing ray when it is not)."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def stop_local_ray(was_running: bool) -> None:
+    """Stop the local Ray a command started (``was_running``: whether one was up before it).
+
+    Called at the end of a command rather than left to Ray's atexit hook, which first sleeps 0.5 s
+    so that workers' log lines reach the console; they only do with ``-v`` or on a cluster, where
+    the hook is left to run. A Ray the caller had started (a test session, a notebook) stays up.
+    """
+    if was_running or not ray_running() or console.verbose() or _attached:
+        return
+    sys.modules["ray"].shutdown()
+
+
+_attached = False  # init_ray connected to an existing cluster (ray.address / RAY_ADDRESS)
 
 
 def cluster_counts(ray) -> tuple[float, float]:

@@ -15,7 +15,7 @@ from artextract.stages.align import aligned_crop
 from artextract.stages.decode import encode_jpeg
 from artextract.stages.device import resolve_device
 from artextract.stages.face_detectors import DETECTORS, Raw
-from artextract.stages.face_merge import CALIBRATION, VIEWS, calibrated, weighted_nms
+from artextract.stages.face_merge import CALIBRATION, RESOLUTION, VIEWS, calibrated, weighted_nms
 from artextract.stages.face_verify import Verifier
 from artextract.stages.pose import pose_from_landmarks
 
@@ -58,6 +58,8 @@ class FaceDetector:
         resolved = cfg.model_copy(update={"device": self.device})  # one decision (and warning) for all
         self.detectors = [DETECTORS[n](resolved, torch_threads) for n in dict.fromkeys(names)]
         self.views = [VIEWS[v] for v in dict.fromkeys(cfg.views)]
+        # one entry per (view, detector) source, in the order candidates() appends them
+        self.resolution = [RESOLUTION.get(v, 1.0) for v in dict.fromkeys(cfg.views) for _ in self.detectors]
         self.verify = Verifier(self.device)
 
     def candidates(self, images: list[np.ndarray]) -> list[tuple[Raw, np.ndarray, np.ndarray]]:
@@ -70,7 +72,7 @@ class FaceDetector:
                     parts[i].append(inverse(raw))
         out = []
         for img, p in zip(images, parts):
-            merged, vote = weighted_nms(p, self.cfg.merge_iou)
+            merged, vote = weighted_nms(p, self.cfg.merge_iou, self.resolution)
             out.append((merged, vote, self.verify(img, merged.boxes)))
         return out
 

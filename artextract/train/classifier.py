@@ -191,8 +191,7 @@ def run(cfg: ClassifierTrainConfig) -> dict[str, Any]:
                   shuffle_buffer=4 * cfg.train.batch_size)
     datasets = None
     if cfg.data.loader == "ray_data":
-
-        init_ray(cfg.ray)
+        init_ray(cfg.ray, quiet_workers=True)  # the same Ray the training launch attaches to
         datasets = {"train": _dataset(cfg, prep.tables["train"], ClassifierTask(cfg, prep).batch_maker(True))}
     launch(spec, "train_classifier", cfg.ray, datasets)
     job.lap("train")

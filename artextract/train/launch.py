@@ -13,7 +13,7 @@ from artextract.train.loop import Launch, fit_in_process
 def _ray(spec: Launch, name: str, ray_cfg: RayConfig, datasets: dict[str, Any] | None) -> None:
     from artextract.train import ray_train  # the only ray.train user
 
-    init_ray(ray_cfg)
+    init_ray(ray_cfg, quiet_workers=True)  # Ray Train: its controller is noisy
     ray_train.launch(spec, name, ray_cfg, datasets)
 
 
