@@ -65,15 +65,12 @@ def main_variants(overrides: tuple[str, ...] = ()) -> list[Variant]:
 # the detection resolution / minimum face size (speed vs. recall).
 SWEEP: tuple[tuple[str, ...], ...] = (
     (),
-    ("detector_actors=1", "faces.batch_size=8", "faces.min_face_px=24"),  # the defaults before the sweep
-    ("detector_actors=1",),                               # 1 actor x 1 torch thread
+    ("detector_actors=1",),                               # 1 actor x 1 thread
     ("detector_actors=1", "torch_threads=2"),             # 1 actor x 2 threads
-    ("detector_actors=2", "resources.detector.num_cpus=0.9"),  # 2 x 0.9 CPU + decode 0.25 > 2 CPUs
-    ("faces.batch_size=8",),
-    ("faces.min_face_px=24",),
+    ("fuse_decode=false",),                               # a decode pool of its own, images through the object store
+    ("faces.views=[identity]",),                          # one view: what the grey-half vote costs
     ("decode.detect_max_side=768",),                      # speed at the cost of recall
     ("decode.detect_max_side=1600",),                     # recall at the cost of speed
-    ("decode.detect_max_side=4096",),                     # full resolution: the naive loop's work
     ("limit=64",),  # half the images: (wall(128) - wall(64)) / 64 is the marginal cost per image
 )
 

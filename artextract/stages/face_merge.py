@@ -26,9 +26,9 @@ from artextract.stages.face_detectors import Raw, box_iou
 
 # (a, b, c) per faces.detector, fitted by `make bench-faces` on the dev half (docs/benchmarks.md, Faces).
 CALIBRATION: dict[str, tuple[float, float, float]] = {
-    "mtcnn": (1.62, 0.50, 0.56),
-    "retinaface": (2.86, 2.51, -1.98),
-    "ensemble": (3.13, 1.75, -1.63),
+    "mtcnn": (1.62, 0.51, 0.55),
+    "retinaface": (2.92, 2.47, -1.96),
+    "ensemble": (3.20, 1.67, -1.58),
 }
 
 Inverse = Callable[[Raw], Raw]
