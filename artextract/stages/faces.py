@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pyarrow as pa
 
@@ -48,8 +49,6 @@ class FaceDetector:
         import torch
 
         if torch_threads:
-            import cv2
-
             torch.set_num_threads(torch_threads)
             cv2.setNumThreads(torch_threads)  # views and RetinaFace's input: one pool per actor, not per core
         self.cfg = cfg
