@@ -230,13 +230,14 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg), end="")
             return 0
         summary = _resolve(verb.target)(cfg)
-        ray_env.stop_local_ray(had_ray)
     except ConfigError as exc:
         print(f"artextract {' '.join(verb.words)}: config error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as exc:
         print(f"artextract {' '.join(verb.words)}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        ray_env.stop_local_ray(had_ray)  # failed or not, the command's own local Ray goes with it
     if isinstance(summary, dict) and not verb.prints:
         print(json.dumps(summary.get("counts", summary), indent=2, default=str))
     return 0

@@ -89,7 +89,8 @@ def quiet_ray() -> None:
 
 
 def worker_setup() -> None:
-    """``worker_process_setup_hook`` of the local Ray: the same quiet loggers in every worker."""
+    """``worker_process_setup_hook`` of a local Ray started for training (``init_ray(quiet_workers=True)``):
+    the same quiet loggers in every worker."""
     quiet_ray()
     _guard_credentials()
     if not verbose():

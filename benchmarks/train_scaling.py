@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         manifest, desc = dataset(work, args.quick)
         prep_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        init_ray(RayConfig())
+        init_ray(RayConfig(), quiet_workers=True)  # as the training jobs start it
         ray_s = time.perf_counter() - t0
         runs: list[dict[str, Any]] = []
         waited: list[float] = []

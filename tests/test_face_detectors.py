@@ -210,3 +210,8 @@ def test_weighted_nms_takes_geometry_from_the_sharpest_sources_and_votes_from_al
     np.testing.assert_allclose(merged.landmarks[1], 4.0)  # a face only the half view saw keeps its geometry
     np.testing.assert_allclose(vote, [(0.6 + 0.9) / 2, 0.5 / 2])
     np.testing.assert_allclose(merged.scores, [0.9, 0.5])
+
+
+def test_weighted_nms_rejects_a_resolution_per_source_mismatch():
+    with pytest.raises(ValueError, match="2 resolutions for 1 sources"):
+        weighted_nms([Raw(np.array([[0.0, 0, 10, 10]]), np.array([0.9]), np.zeros((1, 5, 2)))], 0.5, [1.0, 0.5])

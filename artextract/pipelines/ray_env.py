@@ -36,10 +36,10 @@ def init_ray(cfg: RayConfig, quiet_workers: bool = False):
     # files unless -v: our console is the driver's progress bars and summary.
     kwargs = dict(ignore_reinit_error=True, log_to_driver=console.verbose() or bool(address),
                   configure_logging=False)
+    global _attached
+    _attached = bool(address)
     if address:
-        global _attached
         ray.init(address=address, **kwargs)
-        _attached = True
     else:
         # A single-node local Ray is never drained (spot reclaim): Ray Train's preemption watcher,
         # one more actor process per training run, has nothing to watch there.
@@ -76,7 +76,10 @@ def stop_local_ray(was_running: bool) -> None:
     """
     if was_running or not ray_running() or console.verbose() or _attached:
         return
-    sys.modules["ray"].shutdown()
+    try:
+        sys.modules["ray"].shutdown()
+    except Exception as exc:  # noqa: BLE001 - the command's result stands; Ray's atexit hook retries
+        log.warning("stopping the local Ray failed: %s", exc)
 
 
 _attached = False  # init_ray connected to an existing cluster (ray.address / RAY_ADDRESS)

@@ -2,8 +2,9 @@
 
 A *view* is an image transform with the inverse that maps its detections back to the original
 pixels. Every (detector, view) pair is a *source*; their candidates are merged by weighted NMS
-(the cluster around each highest-scoring candidate is averaged, box and landmarks weighted by
-score), and each merged face gets one calibrated probability from two cues:
+(the cluster around each highest-scoring candidate becomes one face, its box and landmarks the
+score-weighted mean of the cluster's members from the sharpest views), and each merged face gets
+one calibrated probability from two cues:
 
 - ``vote``: the mean over sources of the best score each gave the face (0 where a source missed
   it): a face that only one view of one detector sees is doubtful;
@@ -126,14 +127,17 @@ def weighted_nms(parts: list[Raw], iou: float, resolution: list[float] | None = 
     scores = np.concatenate([p.scores for p in parts])
     points = np.concatenate([p.landmarks for p in parts])
     source = np.concatenate([np.full(len(p.scores), k) for k, p in enumerate(parts)])
-    sharp = np.asarray(resolution if resolution is not None else [1.0] * len(parts), np.float64)[source]
+    resolution = [1.0] * len(parts) if resolution is None else resolution
+    if len(resolution) != len(parts):
+        raise ValueError(f"weighted_nms: {len(resolution)} resolutions for {len(parts)} sources")
+    sharp = np.asarray(resolution, np.float64)[source]
     overlap = box_iou(boxes, boxes)
     free = np.ones(len(boxes), bool)
     out_b, out_p, out_s, votes = [], [], [], []
     for i in np.argsort(-scores, kind="stable"):
         if not free[i]:
             continue
-        members = np.flatnonzero(free & (overlap[i] >= iou))
+        members = np.union1d(np.flatnonzero(free & (overlap[i] >= iou)), [i])  # i even if degenerate (IoU 0 or NaN)
         free[members] = False
         where = members[sharp[members] == sharp[members].max()]
         w = scores[where] / scores[where].sum()
