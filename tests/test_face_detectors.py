@@ -215,3 +215,13 @@ def test_weighted_nms_takes_geometry_from_the_sharpest_sources_and_votes_from_al
 def test_weighted_nms_rejects_a_resolution_per_source_mismatch():
     with pytest.raises(ValueError, match="2 resolutions for 1 sources"):
         weighted_nms([Raw(np.array([[0.0, 0, 10, 10]]), np.array([0.9]), np.zeros((1, 5, 2)))], 0.5, [1.0, 0.5])
+
+
+def test_a_weak_sharp_box_does_not_override_a_confident_half_size_one():
+    """A face too large for the full-size view's anchors: its weak full-size box (0.3) must not
+    replace the half view's confident one (0.95) as the face's geometry."""
+    full = Raw(np.array([[0.0, 0, 100, 100]]), np.array([0.3]), np.zeros((1, 5, 2)))
+    half = Raw(np.array([[5.0, 5, 105, 105]]), np.array([0.95]), np.full((1, 5, 2), 4.0))
+    merged, vote = weighted_nms([full, half], iou=0.5, resolution=[1.0, 0.5])
+    np.testing.assert_allclose(merged.boxes, [[5, 5, 105, 105]])
+    np.testing.assert_allclose(vote, [(0.3 + 0.95) / 2])

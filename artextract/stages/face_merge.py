@@ -117,9 +117,10 @@ def weighted_nms(parts: list[Raw], iou: float, resolution: list[float] | None = 
     Greedy by score: the best unassigned candidate and every unassigned one overlapping it by
     ``iou`` form a face; its raw score is their maximum and its vote the mean over sources of each
     source's best score in the cluster. Its box and landmarks are the score-weighted mean of the
-    members from the sharpest sources in the cluster (``resolution``: each source's pixels per
-    original pixel, 1 for all by default): a half-size view's landmarks are half as precise, and
-    averaging them in moved the head pose of a test portrait by 15 degrees.
+    members at the sharpest resolution among those scoring at least half the best (``resolution``:
+    each source's pixels per original pixel, 1 for all by default): a half-size view's landmarks are
+    half as precise, and averaging them in moved the head pose of a test portrait by 15 degrees;
+    but a face larger than RetinaFace's 512 px anchors is seen well only at half size.
     """
     boxes = np.concatenate([p.boxes for p in parts]) if parts else np.zeros((0, 4))
     if len(boxes) == 0:
@@ -139,7 +140,10 @@ def weighted_nms(parts: list[Raw], iou: float, resolution: list[float] | None = 
             continue
         members = np.union1d(np.flatnonzero(free & (overlap[i] >= iou)), [i])  # i even if degenerate (IoU 0 or NaN)
         free[members] = False
-        where = members[sharp[members] == sharp[members].max()]
+        # the sharpest resolution among members nearly as sure as the best: a full-size view's weak
+        # box of a face too large for its anchors must not override the half view's confident one
+        sure = members[scores[members] >= 0.5 * scores[members].max()]
+        where = members[sharp[members] == sharp[sure].max()]
         w = scores[where] / scores[where].sum()
         out_b.append(w @ boxes[where])
         out_p.append(np.tensordot(w, points[where], axes=1))
