@@ -108,7 +108,6 @@ VIEWS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, Inverse]]] = {
     "grey-half": _then(_grey, _half),
     "rot+15": _rotate(15.0), "rot-15": _rotate(-15.0),
 }
-RESOLUTION = {"half": 0.5, "grey-half": 0.5}  # a view's pixels per original pixel, where not 1
 
 
 def weighted_nms(parts: list[Raw], iou: float, resolution: list[float] | None = None) -> tuple[Raw, np.ndarray]:

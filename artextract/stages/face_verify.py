@@ -3,7 +3,7 @@
 The network is facenet-pytorch's ``ONet`` layer for layer, with the weights that ship in its wheel
 (``facenet_pytorch/data/onet.pt``), built here rather than imported: importing
 ``facenet_pytorch`` imports torchvision, ~1 s of every detector actor's start, and the default
-detector (RetinaFace on onnxruntime) needs nothing else from either. tests/test_stages.py checks
+detector (RetinaFace on onnxruntime) needs nothing else from either. tests/test_face_detectors.py checks
 that this network and facenet-pytorch's give the same probabilities.
 """
 from __future__ import annotations

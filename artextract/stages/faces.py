@@ -16,7 +16,7 @@ from artextract.stages.align import aligned_crop
 from artextract.stages.decode import encode_jpeg
 from artextract.stages.device import resolve_device
 from artextract.stages.face_detectors import DETECTORS, Raw
-from artextract.stages.face_merge import CALIBRATION, RESOLUTION, VIEWS, calibrated, weighted_nms
+from artextract.stages.face_merge import CALIBRATION, VIEWS, calibrated, weighted_nms
 from artextract.stages.face_verify import Verifier
 from artextract.stages.pose import pose_from_landmarks
 
@@ -57,21 +57,21 @@ class FaceDetector:
         resolved = cfg.model_copy(update={"device": self.device})  # one decision (and warning) for all
         self.detectors = [DETECTORS[n](resolved, torch_threads) for n in dict.fromkeys(names)]
         self.views = [VIEWS[v] for v in dict.fromkeys(cfg.views)]
-        # one entry per (view, detector) source, in the order candidates() appends them
-        self.resolution = [RESOLUTION.get(v, 1.0) for v in dict.fromkeys(cfg.views) for _ in self.detectors]
         self.verify = Verifier(self.device)
 
     def candidates(self, images: list[np.ndarray]) -> list[tuple[Raw, np.ndarray, np.ndarray]]:
         """Per image, before any threshold: the merged faces, their vote and O-Net verify score."""
         parts: list[list[Raw]] = [[] for _ in images]
+        sharpness: list[list[float]] = [[] for _ in images]  # per source: view pixels per image pixel
         for view in self.views:
             seen = [view(img) for img in images]
             for det in self.detectors:  # raw_many: MTCNN batches equal-sized views
-                for i, ((_, inverse), raw) in enumerate(zip(seen, det.raw_many([v for v, _ in seen]))):
+                for i, ((v, inverse), raw) in enumerate(zip(seen, det.raw_many([v for v, _ in seen]))):
                     parts[i].append(inverse(raw))
+                    sharpness[i].append(v.shape[1] / images[i].shape[1])
         out = []
-        for img, p in zip(images, parts):
-            merged, vote = weighted_nms(p, self.cfg.merge_iou, self.resolution)
+        for img, p, r in zip(images, parts, sharpness):
+            merged, vote = weighted_nms(p, self.cfg.merge_iou, r)
             out.append((merged, vote, self.verify(img, merged.boxes)))
         return out
 
