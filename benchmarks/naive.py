@@ -20,8 +20,9 @@ from pathlib import Path
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 CROP_SIZE = 160
-# The pipeline keeps faces with MTCNN probability >= faces.min_prob (0.92 by default); the naive
-# loop keeps every box MTCNN returns. Both counts are reported so recall can be compared.
+# MTCNN's own probability the pipeline kept before its detector registry (now faces.min_prob is a
+# calibrated probability of the default detector); the loop keeps every box MTCNN returns. Both
+# counts are reported so the pipeline's faces can be compared with MTCNN's confident ones.
 PIPELINE_MIN_PROB = 0.92
 
 

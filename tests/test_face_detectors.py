@@ -63,6 +63,20 @@ def test_each_view_maps_detections_back_to_the_original(detectors, astronaut, vi
     assert np.abs(back.landmarks[k] - ref_pts).max() < 0.1 * side  # flip re-orders left/right too
 
 
+@pytest.mark.parametrize("shape", [(512, 384, 3), (301, 457, 3)])  # odd sizes: the same floor of w / 2
+def test_grey_half_is_grey_then_half_pixel_for_pixel(shape):
+    """The default second view resizes one grey channel instead of three: the same pixels and the
+    same way back as applying ``grey`` and then ``half``."""
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    grey, _ = VIEWS["grey"](img)
+    want, want_back = VIEWS["half"](grey)
+    got, got_back = VIEWS["grey-half"](img)
+    np.testing.assert_array_equal(got, want)
+    r = Raw(np.array([[10.0, 20, 60, 90]]), np.array([0.9]), np.arange(10, dtype=np.float64).reshape(1, 5, 2))
+    np.testing.assert_array_equal(got_back(r).boxes, want_back(r).boxes)
+    np.testing.assert_array_equal(got_back(r).landmarks, want_back(r).landmarks)
+
+
 def test_flip_inverse_is_exact_on_coordinates():
     img = np.zeros((10, 20, 3), np.uint8)
     _, inverse = VIEWS["flip"](img)

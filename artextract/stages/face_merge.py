@@ -52,23 +52,43 @@ def _flip(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
     return np.ascontiguousarray(img[:, ::-1]), inverse
 
 
+def _halved(img: np.ndarray) -> np.ndarray:
+    """Half size by PIL's bilinear (antialiased) filter; a 2-D image stays one channel."""
+    h, w = img.shape[:2]
+    return np.asarray(Image.fromarray(img).resize((max(1, w // 2), max(1, h // 2)), Image.BILINEAR))
+
+
+def _scaled_back(small: np.ndarray, img: np.ndarray) -> Inverse:
+    sx, sy = small.shape[1] / img.shape[1], small.shape[0] / img.shape[0]
+    return lambda r: Raw(r.boxes / [sx, sy, sx, sy], r.scores, r.landmarks / [sx, sy])
+
+
 def _half(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
     """Half size: a face filling the picture outgrows RetinaFace's largest (512 px) anchors."""
-    h, w = img.shape[:2]
-    small = np.asarray(Image.fromarray(img).resize((max(1, w // 2), max(1, h // 2)), Image.BILINEAR))
-    sx, sy = small.shape[1] / w, small.shape[0] / h
+    small = _halved(img)
+    return small, _scaled_back(small, img)
 
-    def inverse(r: Raw) -> Raw:
-        return Raw(r.boxes / [sx, sy, sx, sy], r.scores, r.landmarks / [sx, sy])
-    return small, inverse
+
+def _grey_channel(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
 
 
 def _grey(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
     """Greyscale with local contrast equalisation (CLAHE): prints, drawings, dark varnish."""
     import cv2
 
-    grey = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
-    return np.ascontiguousarray(np.repeat(grey[..., None], 3, 2)), lambda r: r
+    return cv2.cvtColor(_grey_channel(img), cv2.COLOR_GRAY2RGB), lambda r: r
+
+
+def _grey_half(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
+    """``grey`` then ``half``, pixel for pixel, but resized as one channel (a third of the work:
+    PIL filters each channel alike) and made RGB last: 7.5 -> 3.5 ms on a 1024 px image."""
+    import cv2
+
+    small = _halved(_grey_channel(img))
+    return cv2.cvtColor(small, cv2.COLOR_GRAY2RGB), _scaled_back(small, img)
 
 
 def _rotate(degrees: float) -> Callable[[np.ndarray], tuple[np.ndarray, Inverse]]:
@@ -90,22 +110,12 @@ def _rotate(degrees: float) -> Callable[[np.ndarray], tuple[np.ndarray, Inverse]
     return view
 
 
-def _then(first: Callable[[np.ndarray], tuple[np.ndarray, Inverse]],
-          second: Callable[[np.ndarray], tuple[np.ndarray, Inverse]]) -> Callable[[np.ndarray], tuple[np.ndarray, Inverse]]:
-    """``second`` applied to ``first``'s output; detections map back through both inverses."""
-    def view(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
-        a, back_a = first(img)
-        b, back_b = second(a)
-        return b, lambda r: back_a(back_b(r))
-    return view
-
-
 VIEWS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, Inverse]]] = {
     "identity": _identity, "flip": _flip, "half": _half, "grey": _grey,
     # The default second view: on the labelled dev half it votes as well as full-size grey (prints
     # and drawings at half size still have their faces above RetinaFace's 16 px anchors) and
     # costs a quarter of the pixels (docs/benchmarks.md, Faces).
-    "grey-half": _then(_grey, _half),
+    "grey-half": _grey_half,
     "rot+15": _rotate(15.0), "rot-15": _rotate(-15.0),
 }
 
