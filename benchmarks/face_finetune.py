@@ -83,7 +83,11 @@ def pseudo_labels(wikiart: Path, det: FaceDetector, rng: np.random.Generator) ->
     """(image, face boxes, ignored boxes) at 448 px: images with faces, half as many faceless ones."""
     coef = CALIBRATION["retinaface"]
     with_faces, faceless = [], []
-    for row in csv.DictReader(open(wikiart / "labels.csv")):
+    with open(wikiart / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for n, row in enumerate(rows, start=1):
+        if n % 500 == 0 or n == len(rows):
+            print(f"bench-faces-finetune: labelling WikiArt {n}/{len(rows)}", file=sys.stderr, flush=True)
         path = wikiart / "images" / row["path"]
         img = np.asarray(Image.open(path).convert("RGB").resize((448, 448), Image.BICUBIC))
         merged, vote, verify = det.candidates([img])[0]
