@@ -66,7 +66,7 @@ bench-faces: install
 # WikiArt faces vs the shipped one, on the labelled NGA halves. onnx2torch (to train the ONNX graph) is
 # installed into the venv here: benchmark input, never a dependency.
 bench-faces-finetune: install
-	$(BIN)/pip install --quiet onnx==1.23.2 onnx2torch==1.5.15
+	$(BIN)/pip install --quiet -c constraints.txt onnx==1.23.2 onnx2torch==1.5.15
 	$(BIN)/python -m benchmarks.face_finetune --out docs/benchmarks.md
 
 # Classifier training throughput with Ray Train, 1 vs 2 CPU workers (gloo), same global batch (~5 min).

@@ -64,11 +64,11 @@ def _anchor(det: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return raw.boxes[keep], raw.scores[keep]
 
 
-def _score(cues: np.ndarray, coef: tuple[float, float, float]) -> np.ndarray:
+def calibrated_scores(cues: np.ndarray, coef: tuple[float, float, float]) -> np.ndarray:
     return calibrated(coef, cues[:, 0], cues[:, 1])
 
 
-def _fit(labels, boxes, cues) -> tuple[float, float, float]:
+def fit_calibration(labels, boxes, cues) -> tuple[float, float, float]:
     from sklearn.linear_model import LogisticRegression
 
     x, y = [], []
@@ -81,7 +81,7 @@ def _fit(labels, boxes, cues) -> tuple[float, float, float]:
     return (round(float(lr.coef_[0, 0]), 2), round(float(lr.coef_[0, 1]), 2), round(float(lr.intercept_[0]), 2))
 
 
-def _metrics(labels, boxes, scores, thr: float | None) -> dict[str, Any]:
+def metrics_at(labels, boxes, scores, thr: float | None) -> dict[str, Any]:
     dets = {}
     for im in labels:
         b, s = boxes[im.image_id], scores[im.image_id]
@@ -103,15 +103,15 @@ def run_config(name: str, overrides: dict[str, Any], anchor: bool, images: dict[
         boxes[im.image_id], cues[im.image_id] = np.asarray(b, np.float64).reshape(-1, 4) / scale, f
     res: dict[str, Any] = {"name": name, "overrides": overrides, "img_per_s": len(test) / seconds}
     if anchor:
-        res["test"] = _metrics(test, boxes, cues, None)
+        res["test"] = metrics_at(test, boxes, cues, None)
         return res
     shipped = CALIBRATION[det.cfg.detector]
-    scores = {k: _score(v, shipped) for k, v in cues.items()}
-    res["test"] = _metrics(test, boxes, scores, det.cfg.min_prob)
-    res["dev"] = _metrics(dev, boxes, scores, det.cfg.min_prob)
-    res["fit"] = _fit(dev, boxes, cues)
+    scores = {k: calibrated_scores(v, shipped) for k, v in cues.items()}
+    res["test"] = metrics_at(test, boxes, scores, det.cfg.min_prob)
+    res["dev"] = metrics_at(dev, boxes, scores, det.cfg.min_prob)
+    res["fit"] = fit_calibration(dev, boxes, cues)
     res["shipped"] = shipped
-    res["sweep"] = {t: _metrics(dev, boxes, scores, t) for t in (0.3, 0.4, 0.45, 0.5, 0.6, 0.7)} if not overrides else {}
+    res["sweep"] = {t: metrics_at(dev, boxes, scores, t) for t in (0.3, 0.4, 0.45, 0.5, 0.6, 0.7)} if not overrides else {}
     return res
 
 

@@ -23,7 +23,7 @@ CROP_SIZE = 160
 # MTCNN's own probability the pipeline kept before its detector registry (now faces.min_prob is a
 # calibrated probability of the default detector); the loop keeps every box MTCNN returns. Both
 # counts are reported so the pipeline's faces can be compared with MTCNN's confident ones.
-PIPELINE_MIN_PROB = 0.92
+MTCNN_OLD_MIN_PROB = 0.92
 
 
 def list_images(images: Path) -> list[Path]:
@@ -69,7 +69,7 @@ def run(images: Path, out: Path) -> dict:
             face = img.crop(tuple(int(round(v)) for v in box)).resize((CROP_SIZE, CROP_SIZE))
             face.save(crops / f"{path.stem}_{i}.jpg", quality=92)
             counts["faces"] += 1
-            counts["faces_p92"] += int(prob >= PIPELINE_MIN_PROB)
+            counts["faces_p92"] += int(prob >= MTCNN_OLD_MIN_PROB)
     t_end = time.perf_counter()
     summary = {"job": "naive", "counts": counts, "torch_threads": torch.get_num_threads(),
                "timings_s": {"startup": round(t_model - t0, 3), "loop": round(t_end - t_model, 3)},

@@ -35,7 +35,7 @@ SECTION = "Preprocess"
 TUNING_SECTION = "Preprocess tuning"
 # The quick smoke run: a few generated samples, faces and no faces, one broken file.
 QUICK_CASES = ("astronaut", "double_portrait", "exif_rotated", "landscape_1", "coffee_cmyk", "truncated_jpeg")
-MIN_PROB = 0.92  # MTCNN's own probability the pipeline kept before the detector registry (issue 17): the naive loop's faces
+MIN_PROB = 0.92  # the naive loop's faces: MTCNN's own probability (the pipeline's threshold before issue 17)
 IOU_MATCH = 0.5
 
 
