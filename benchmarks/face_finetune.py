@@ -34,12 +34,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from benchmarks.faces import IMAGES, LABELS, calibrated_scores, fit_calibration, metrics_at
+from benchmarks.faces import IMAGES, LABELS, calibrated_scores, candidate_cues, decoded, fit_calibration, metrics_at
 from benchmarks.harness import REPO, git_commit, machine, write_doc
-from artextract.config import DecodeConfig, FacesConfig
+from artextract.config import FacesConfig
 from artextract.eval.faces import read_labels
-from artextract.stages.decode import decode
-from artextract.stages.face_detectors import RetinaFaceDetector, box_iou, retinaface_anchors
+from artextract.stages.face_detectors import RetinaFaceDetector, box_iou, retinaface_anchors, retinaface_input
 from artextract.stages.face_merge import CALIBRATION, calibrated
 from artextract.stages.faces import FaceDetector
 
@@ -47,7 +46,6 @@ SECTION = "Faces: art-media fine-tuning (experiment)"
 WIKIART = REPO.parent / "shared" / "data" / "wikiart"
 FACELESS_GENRES = ("landscape", "still_life", "abstract_painting", "cityscape")
 SIDE = 384  # training crop
-_MEAN = np.array([104.0, 117.0, 123.0], np.float32)  # RetinaFace's BGR mean
 
 
 def teacher_net():
@@ -180,7 +178,7 @@ def fine_tune(teacher, items, epochs: int, lr: float, rng: np.random.Generator, 
     steps = epochs * (len(items) // batch)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    blob = lambda ims: torch.from_numpy(np.ascontiguousarray(np.stack([(im[..., ::-1].astype(np.float32) - _MEAN).transpose(2, 0, 1) for im in ims])))  # noqa: E731
+    blob = lambda ims: torch.from_numpy(retinaface_input(ims))  # noqa: E731 (the detector's own input transform)
     t0, step = time.time(), 0
     for _ in range(epochs):
         order = rng.permutation(len(items))
@@ -220,8 +218,8 @@ def measure(name: str, net, images, dev, test, threads: int) -> dict[str, Any]:
     boxes, cues = {}, {}
     for im in dev + test:
         img, scale = images[im.image_id]
-        merged, vote, verify = det.candidates([img])[0]
-        boxes[im.image_id], cues[im.image_id] = merged.boxes / scale, np.column_stack([vote, verify]).reshape(-1, 2)
+        b, cues[im.image_id] = candidate_cues(det, img)
+        boxes[im.image_id] = b / scale
     coef = fit_calibration(dev, boxes, cues)
     scores = {k: calibrated_scores(v, coef) for k, v in cues.items()}
     reach = {}
@@ -281,10 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     n_faces = sum(len(i[1]) for i in items)
     print(f"bench-faces-finetune: {len(items)} training images, {n_faces} faces", file=sys.stderr, flush=True)
     dev, test = read_labels(str(LABELS), "dev"), read_labels(str(LABELS), "test")
-    images = {}
-    for im in dev + test:
-        d = decode(Path(IMAGES, f"{im.image_id}.jpg").read_bytes(), DecodeConfig())
-        images[im.image_id] = (d.det_image, d.scale)
+    images = decoded(dev + test, IMAGES)
     teacher = teacher_net()
     student = fine_tune(teacher, items, args.epochs, args.lr, rng)
     rows = [("teacher (shipped RetinaFace)", measure("teacher", teacher, images, dev, test, threads)),

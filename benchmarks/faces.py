@@ -52,10 +52,19 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
 ANCHOR = 0
 
 
-def _candidates(det: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def candidate_cues(det: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merged boxes and their two calibration cues (vote, verify) before any threshold."""
     merged, vote, verify = det.candidates([image])[0]
     return merged.boxes, np.column_stack([vote, verify]).reshape(-1, 2)
+
+
+def decoded(labels, images: Path) -> dict[str, tuple[np.ndarray, float]]:
+    """image_id -> (detection image, its pixels per original pixel), decoded as preprocess does."""
+    out = {}
+    for im in labels:
+        d = decode(Path(images, f"{im.image_id}.jpg").read_bytes(), DecodeConfig())
+        out[im.image_id] = (d.det_image, d.scale)
+    return out
 
 
 def _anchor(det: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +106,7 @@ def run_config(name: str, overrides: dict[str, Any], anchor: bool, images: dict[
     for im in dev + test:
         img, scale = images[im.image_id]
         t = time.perf_counter()
-        b, f = _anchor(det, img) if anchor else _candidates(det, img)
+        b, f = _anchor(det, img) if anchor else candidate_cues(det, img)
         if im in test:
             seconds += time.perf_counter() - t
         boxes[im.image_id], cues[im.image_id] = np.asarray(b, np.float64).reshape(-1, 4) / scale, f
@@ -176,10 +185,7 @@ def main(argv: list[str] | None = None, sink: dict[str, Any] | None = None) -> i
         return 1
     threads = os.cpu_count() or 1
     dev, test = read_labels(args.labels, "dev"), read_labels(args.labels, "test")
-    images = {}
-    for im in dev + test:
-        d = decode(Path(args.images, f"{im.image_id}.jpg").read_bytes(), DecodeConfig())
-        images[im.image_id] = (d.det_image, d.scale)
+    images = decoded(dev + test, Path(args.images))
     picks = {ANCHOR, 1, *(int(i) for i in args.only.split(",") if i.strip())} if args.only else set(range(len(CONFIGS)))
     results = []
     for i, (name, overrides) in enumerate(CONFIGS):

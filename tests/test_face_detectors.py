@@ -175,12 +175,11 @@ def test_retinaface_nms_keeps_what_torchvision_keeps():
 
 
 def test_retinaface_input_blob_is_bgr_minus_mean(astronaut):
-    import cv2
+    from artextract.stages.face_detectors import retinaface_input
 
-    from artextract.stages.face_detectors import _BGR_MEAN
-
-    blob = cv2.dnn.blobFromImage(astronaut, 1.0, None, _BGR_MEAN, swapRB=True, crop=False)
-    ref = (astronaut[..., ::-1].astype(np.float32) - np.array(_BGR_MEAN, np.float32)).transpose(2, 0, 1)[None]
+    blob = retinaface_input([astronaut, astronaut[::-1].copy()])
+    ref = np.stack([(im[..., ::-1].astype(np.float32) - np.array([104.0, 117.0, 123.0], np.float32)).transpose(2, 0, 1)
+                    for im in (astronaut, astronaut[::-1])])
     np.testing.assert_array_equal(blob, ref)  # integer pixels minus integer means: exact in float32
 
 

@@ -89,6 +89,12 @@ _VARIANCE = (0.1, 0.2)
 _BGR_MEAN = (104.0, 117.0, 123.0)  # the Caffe-style mean it was trained with, B G R
 
 
+def retinaface_input(images: list[np.ndarray]) -> np.ndarray:
+    """RGB uint8 images of one size -> the network's input: BGR minus its mean, NCHW float32, in one
+    OpenCV pass (a fifth of numpy's time)."""
+    return cv2.dnn.blobFromImages(images, 1.0, None, _BGR_MEAN, swapRB=True, crop=False)
+
+
 def retinaface_anchors(height: int, width: int) -> np.ndarray:
     """(A, 4) anchors cx, cy, w, h in pixels, in the network's output order (stride, cell, size)."""
     out = []
@@ -124,8 +130,7 @@ class RetinaFaceDetector:
 
     def raw(self, image: np.ndarray) -> Raw:
         h, w = image.shape[:2]
-        # RGB -> BGR, mean subtracted, NCHW float32 in one OpenCV pass (a fifth of numpy's time).
-        x = cv2.dnn.blobFromImage(image, 1.0, None, _BGR_MEAN, swapRB=True, crop=False)
+        x = retinaface_input([image])
         loc, conf, landm = self.session.run(None, {"input": x})
         scores = conf[0, :, 1].astype(np.float64)
         keep = np.flatnonzero(scores >= self.floor)
