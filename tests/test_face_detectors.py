@@ -143,18 +143,40 @@ def test_faces_config_rejects_unknown_detectors_and_views():
 
 
 def test_our_onet_is_facenets_onet():
-    """stages/face_verify.py builds O-Net itself (no facenet/torchvision import in the actor): the
-    same layers and weights give the same face probabilities as facenet-pytorch's own ONet."""
+    """stages/face_verify.py reads onet.pt without torch and runs O-Net in numpy: the same weights
+    as torch.load, and in float64 the same face probabilities as facenet-pytorch's own ONet (same
+    op sequence, so agreement to rounding); at float32, what the verifier runs, within 1e-6."""
     import torch
-    from facenet_pytorch.models.mtcnn import ONet
+    from facenet_pytorch.models.mtcnn import ONet as TorchONet
 
-    from artextract.stages.face_verify import Verifier
+    from artextract.stages.face_verify import ONet, load_state_dict, onet_weights
 
-    ours, theirs = Verifier("cpu").onet, ONet(pretrained=True).eval()
-    x = torch.randn(32, 3, 48, 48, generator=torch.Generator().manual_seed(0)).double()
-    with torch.no_grad():  # float64: the same op sequence, so agreement to rounding is expected
-        a, b = ours.double()(x)[:, 1], theirs.double()(x)[2][:, 1]
-    assert torch.allclose(a, b, rtol=0, atol=1e-12), (a - b).abs().max()
+    ours = load_state_dict(onet_weights())
+    theirs = torch.load(onet_weights(), map_location="cpu", weights_only=True)
+    assert ours.keys() == theirs.keys()
+    for name, t in theirs.items():
+        assert ours[name].dtype == np.float32 and np.array_equal(ours[name], t.numpy()), name
+    x = np.random.default_rng(0).uniform(-1, 1, (32, 48, 48, 3))  # N, H, W, RGB as the verifier crops
+    with torch.no_grad():
+        ref = TorchONet(pretrained=True).eval().double()(torch.from_numpy(x).permute(0, 3, 1, 2))[2][:, 1].numpy()
+    np.testing.assert_allclose(ONet(ours, np.float64)(x)[:, 1], ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ONet(ours)(x)[:, 1], ref, rtol=0, atol=1e-6)
+
+
+def test_default_face_detector_never_imports_torch():
+    """The default detector actor (RetinaFace on onnxruntime + the numpy O-Net) runs without torch:
+    importing it is ~1.7 CPU-s of every actor's start (docs/benchmarks.md, Preprocess)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from artextract.config import FacesConfig\n"
+            "from artextract.stages.faces import FaceDetector\n"
+            "det = FaceDetector(FacesConfig(), 1)\n"
+            "det.detect([np.zeros((64, 64, 3), np.uint8)])\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'facenet_pytorch') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
 
 
 def test_retinaface_nms_keeps_what_torchvision_keeps():
@@ -238,3 +260,29 @@ def test_a_weak_sharp_box_does_not_override_a_confident_half_size_one():
     merged, vote = weighted_nms([full, half], iou=0.5, resolution=[1.0, 0.5])
     np.testing.assert_allclose(merged.boxes, [[5, 5, 105, 105]])
     np.testing.assert_allclose(vote, [(0.3 + 0.95) / 2])
+
+
+def test_onet_reader_runs_no_code_from_the_file(tmp_path):
+    """load_state_dict allows tensors, storages and OrderedDict only (like torch's weights_only):
+    a weights file that names any other callable is an error, never a call."""
+    import pickle
+
+    from artextract.stages.face_verify import _LEGACY_MAGIC, load_state_dict
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("echo owned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        for part in (_LEGACY_MAGIC, 1001, {"little_endian": True}, Evil()):
+            pickle.dump(part, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="unexpected"):
+        load_state_dict(path)
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"")
+    with pytest.raises(ValueError, match="zip-format"):
+        load_state_dict(path)

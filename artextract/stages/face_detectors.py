@@ -163,3 +163,4 @@ DETECTORS: dict[str, Callable[[FacesConfig, int | None], object]] = {
     "mtcnn": MTCNNDetector,
     "retinaface": RetinaFaceDetector,
 }
+TORCH_DETECTORS = {"mtcnn"}  # the ones that run on cfg.device (RetinaFace: onnxruntime's CPU provider)

@@ -1,18 +1,27 @@
 """MTCNN's O-Net as a second opinion on any face box (the ``verify`` cue of stages/face_merge.py).
 
 The network is facenet-pytorch's ``ONet`` layer for layer, with the weights that ship in its wheel
-(``facenet_pytorch/data/onet.pt``), built here rather than imported: importing
-``facenet_pytorch`` imports torchvision, ~1 s of every detector actor's start, and the default
-detector (RetinaFace on onnxruntime) needs nothing else from either. tests/test_face_detectors.py checks
-that this network and facenet-pytorch's give the same probabilities.
+(``facenet_pytorch/data/onet.pt``), run in numpy (float64) rather than torch: the default detector
+(RetinaFace on onnxruntime) needs nothing else from torch, and importing torch is ~1.7 CPU-s of
+every detector actor's start, ~4 s of a 128-image preprocess on 2 cores (docs/benchmarks.md). The
+network is small (48-px crops, a few per image): ~1.3 ms a face in numpy, what it took in torch.
+tests/test_face_detectors.py checks weights and probabilities against torch and facenet-pytorch.
 """
 from __future__ import annotations
 
 import importlib.util
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
+
+# torch's legacy (pre-zip) serialisation, which onet.pt uses: its magic number and the storage
+# classes a state dict of this network can hold.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_STORAGES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16}
 
 
 def onet_weights() -> Path:
@@ -24,42 +33,130 @@ def onet_weights() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "onet.pt"
 
 
-def _onet():
-    from torch import nn
+class _StateDictUnpickler(pickle.Unpickler):
+    """Unpickles a legacy torch state dict into numpy: only tensors, storages and OrderedDict are
+    allowed (like ``torch.load(weights_only=True)``), so the file can run no code."""
 
-    class ONet(nn.Module):
-        """facenet_pytorch.models.mtcnn.ONet's layers and names (so its state dict loads as is)."""
+    def __init__(self, f):
+        super().__init__(f)
+        self.storages: dict[str, list] = {}  # key -> [dtype, array once read]
 
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.prelu1, self.pool1 = nn.Conv2d(3, 32, 3), nn.PReLU(32), nn.MaxPool2d(3, 2, ceil_mode=True)
-            self.conv2, self.prelu2, self.pool2 = nn.Conv2d(32, 64, 3), nn.PReLU(64), nn.MaxPool2d(3, 2, ceil_mode=True)
-            self.conv3, self.prelu3, self.pool3 = nn.Conv2d(64, 64, 3), nn.PReLU(64), nn.MaxPool2d(2, 2, ceil_mode=True)
-            self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
-            self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
-            self.dense6_1, self.dense6_2, self.dense6_3 = nn.Linear(256, 2), nn.Linear(256, 4), nn.Linear(256, 10)
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            from collections import OrderedDict
+            return OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _Tensor
+        if module == "torch" and name in _STORAGES:
+            return _STORAGES[name]
+        raise pickle.UnpicklingError(f"onet.pt: unexpected {module}.{name} in a state dict")
 
-        def forward(self, x):
-            x = self.pool1(self.prelu1(self.conv1(x)))
-            x = self.pool2(self.prelu2(self.conv2(x)))
-            x = self.pool3(self.prelu3(self.conv3(x)))
-            x = self.prelu4(self.conv4(x)).permute(0, 3, 2, 1).contiguous()  # its (W, H, C) flattening
-            x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
-            return self.dense6_1(x).softmax(1)  # face / non-face; the box and landmark heads are unused
+    def persistent_load(self, pid):
+        kind, dtype, key, _location, _numel, _view = pid
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"onet.pt: unexpected persistent id {kind!r}")
+        return self.storages.setdefault(key, [dtype, None])
 
-    return ONet
+
+class _Tensor:
+    """A tensor whose storage bytes come after the pickle: materialised by ``array()``."""
+
+    def __init__(self, storage, offset, size, stride, *_grad_and_hooks):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def array(self) -> np.ndarray:
+        data = self.storage[1]
+        flat = data[self.offset:]
+        return np.lib.stride_tricks.as_strided(flat, self.size, [s * data.itemsize for s in self.stride]).copy()
+
+
+def load_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """A state dict saved by torch's legacy serialiser as numpy arrays (what ``torch.load`` reads:
+    magic, protocol, system info, the pickle, the storage keys, then each storage as int64 element
+    count + raw little-endian data)."""
+    if zipfile.is_zipfile(path):  # torch >= 1.6's format; facenet-pytorch 2.6.0 ships the legacy one
+        raise ValueError(f"{path}: a zip-format torch file; expected facenet-pytorch 2.6.0's legacy onet.pt")
+    with open(path, "rb") as f:
+        if pickle.load(f) != _LEGACY_MAGIC:
+            raise ValueError(f"{path}: not a legacy torch file")
+        pickle.load(f), pickle.load(f)  # protocol version, system info
+        unpickler = _StateDictUnpickler(f)
+        state = unpickler.load()
+        for key in pickle.load(f):
+            dtype, _ = unpickler.storages[key]
+            count = int(np.frombuffer(f.read(8), "<i8")[0])
+            unpickler.storages[key][1] = np.frombuffer(f.read(count * np.dtype(dtype).itemsize), dtype)
+    return {name: t.array() for name, t in state.items()}
+
+
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Valid stride-1 k x k convolution of x (N, H, W, C) as one matrix product (im2col); ``w`` is
+    torch's (O, C, k, k) weight as a (C*k*k, O) matrix."""
+    n, h, wd, c = x.shape
+    cols = sliding_window_view(x, (k, k), axis=(1, 2)).reshape(n * (h - k + 1) * (wd - k + 1), c * k * k)
+    return (cols @ w + b).reshape(n, h - k + 1, wd - k + 1, -1)
+
+
+def _prelu(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """PReLU with one slope per channel (the last axis), in place."""
+    neg = np.minimum(x, 0)
+    np.maximum(x, 0, out=x)
+    x += neg * a
+    return x
+
+
+def _max_pool(x: np.ndarray, k: int, s: int) -> np.ndarray:
+    """torch's MaxPool2d(k, s, ceil_mode=True) on (N, H, W, C): partial windows at the right and
+    bottom edges count (padded with -inf)."""
+    h, w = x.shape[1:3]
+    out_h, out_w = -(-(h - k) // s) + 1, -(-(w - k) // s) + 1
+    need_h, need_w = (out_h - 1) * s + k, (out_w - 1) * s + k
+    if need_h > h or need_w > w:
+        padded = np.full((x.shape[0], need_h, need_w, x.shape[3]), -np.inf, x.dtype)
+        padded[:, :h, :w] = x
+        x = padded
+    out = None
+    for i in range(k):  # the max of k*k strided views: no window array
+        for j in range(k):
+            v = x[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s]
+            out = v.copy() if out is None else np.maximum(out, v, out=out)
+    return out
+
+
+class ONet:
+    """facenet_pytorch.models.mtcnn.ONet's face/non-face head, in numpy. float32 by default, as the
+    network ran in torch; the tests run it in float64 to compare with torch to rounding."""
+
+    _POOLS = {1: (3, 2), 2: (3, 2), 3: (2, 2), 4: None}
+
+    def __init__(self, state: dict[str, np.ndarray], dtype=np.float32):
+        self.dtype = dtype
+        f = lambda name: np.ascontiguousarray(state[name], dtype)  # noqa: E731
+        self.convs = [(f(f"conv{i}.weight").reshape(len(state[f"conv{i}.weight"]), -1).T.copy(), f(f"conv{i}.bias"),
+                       state[f"conv{i}.weight"].shape[-1], f(f"prelu{i}.weight"), self._POOLS[i]) for i in range(1, 5)]
+        self.dense5 = (f("dense5.weight").T.copy(), f("dense5.bias"), f("prelu5.weight"))
+        self.dense6 = (f("dense6_1.weight").T.copy(), f("dense6_1.bias"))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, 48, 48, 3) normalised RGB -> (N, 2) softmax (non-face, face), float64."""
+        x = x.astype(self.dtype)
+        for w, b, k, a, pool in self.convs:
+            x = _prelu(_conv(x, w, b, k), a)
+            x = _max_pool(x, *pool) if pool else x
+        x = x.transpose(0, 2, 1, 3).reshape(len(x), -1)  # torch's permute(0, 3, 2, 1): (W, H, C) order
+        w, b, a = self.dense5
+        x = _prelu(x @ w + b, a)
+        w, b = self.dense6
+        logits = (x @ w + b).astype(np.float64)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
 
 
 class Verifier:
     """P(face) of a square 48-px crop around each box, by MTCNN's O-Net."""
 
-    def __init__(self, device: str = "cpu"):
-        import torch
-
-        self.torch, self.device = torch, device
-        net = _onet()()
-        net.load_state_dict(torch.load(onet_weights(), map_location="cpu", weights_only=True))
-        self.onet = net.to(device).eval()
+    def __init__(self):
+        self.onet = ONet(load_state_dict(onet_weights()))
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         if len(boxes) == 0:
@@ -70,7 +167,5 @@ class Verifier:
             side, cx, cy = max(x2 - x1, y2 - y1), (x1 + x2) / 2, (y1 + y2) / 2
             box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
             crops.append(np.asarray(pil.crop(box).resize((48, 48), Image.BILINEAR)))
-        torch = self.torch
-        x = (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().to(self.device) - 127.5) * 0.0078125
-        with torch.no_grad():
-            return self.onet(x)[:, 1].double().cpu().numpy()
+        x = (np.stack(crops).astype(np.float32) - 127.5) * 0.0078125
+        return self.onet(x)[:, 1]

@@ -15,7 +15,7 @@ from artextract.config import FacesConfig
 from artextract.stages.align import aligned_crop
 from artextract.stages.decode import encode_jpeg
 from artextract.stages.device import resolve_device
-from artextract.stages.face_detectors import DETECTORS, Raw
+from artextract.stages.face_detectors import DETECTORS, TORCH_DETECTORS, Raw
 from artextract.stages.face_merge import CALIBRATION, VIEWS, calibrated, weighted_nms
 from artextract.stages.face_verify import Verifier
 from artextract.stages.pose import pose_from_landmarks
@@ -46,18 +46,17 @@ class FaceDetector:
     uint8 images (any sizes). Models load once, in the constructor."""
 
     def __init__(self, cfg: FacesConfig, torch_threads: int | None = None):
-        import torch
-
         if torch_threads:
-            torch.set_num_threads(torch_threads)
             cv2.setNumThreads(torch_threads)  # views and RetinaFace's input: one pool per actor, not per core
         self.cfg = cfg
-        self.device = resolve_device(cfg.device, "face detection")
-        names = cfg.members if cfg.detector == "ensemble" else [cfg.detector]
-        resolved = cfg.model_copy(update={"device": self.device})  # one decision (and warning) for all
-        self.detectors = [DETECTORS[n](resolved, torch_threads) for n in dict.fromkeys(names)]
+        names = list(dict.fromkeys(cfg.members if cfg.detector == "ensemble" else [cfg.detector]))
+        # Only torch detectors (MTCNN) have a device: the default actor never imports torch (~1.7
+        # CPU-s of its start). One decision (and warning) for all of them.
+        self.device = resolve_device(cfg.device, "face detection") if set(names) & TORCH_DETECTORS else "cpu"
+        resolved = cfg.model_copy(update={"device": self.device})
+        self.detectors = [DETECTORS[n](resolved, torch_threads) for n in names]
         self.views = [VIEWS[v] for v in dict.fromkeys(cfg.views)]
-        self.verify = Verifier(self.device)
+        self.verify = Verifier()
 
     def candidates(self, images: list[np.ndarray]) -> list[tuple[Raw, np.ndarray, np.ndarray]]:
         """Per image, before any threshold: the merged faces, their vote and O-Net verify score."""
