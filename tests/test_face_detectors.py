@@ -267,7 +267,7 @@ def test_onet_reader_runs_no_code_from_the_file(tmp_path):
     a weights file that names any other callable is an error, never a call."""
     import pickle
 
-    from artextract.stages.face_verify import _LEGACY_MAGIC, load_state_dict
+    from artextract.stages.face_verify import _LEGACY_MAGIC, load_state_dict, onet_weights
 
     class Evil:
         def __reduce__(self):
@@ -275,10 +275,17 @@ def test_onet_reader_runs_no_code_from_the_file(tmp_path):
             return (os.system, ("echo owned",))
 
     path = tmp_path / "evil.pt"
-    with open(path, "wb") as f:
-        for part in (_LEGACY_MAGIC, 1001, {"little_endian": True}, Evil()):
-            pickle.dump(part, f, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match="unexpected"):
+    for at in range(4):  # the callable in the magic number, protocol, system info or state dict
+        parts = [_LEGACY_MAGIC, 1001, {"little_endian": True}, {}]
+        parts[at] = Evil()
+        with open(path, "wb") as f:
+            for part in parts:
+                pickle.dump(part, f, protocol=2)
+        with pytest.raises(pickle.UnpicklingError, match="unexpected"):
+            load_state_dict(path)
+    good = onet_weights().read_bytes()
+    path.write_bytes(good[: len(good) - 1000])  # truncated inside the last storage
+    with pytest.raises(ValueError, match="truncated"):
         load_state_dict(path)
     import zipfile
 

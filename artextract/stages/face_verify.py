@@ -1,7 +1,7 @@
 """MTCNN's O-Net as a second opinion on any face box (the ``verify`` cue of stages/face_merge.py).
 
 The network is facenet-pytorch's ``ONet`` layer for layer, with the weights that ship in its wheel
-(``facenet_pytorch/data/onet.pt``), run in numpy (float64) rather than torch: the default detector
+(``facenet_pytorch/data/onet.pt``), run in numpy (float32, as it ran in torch) rather than torch: the default detector
 (RetinaFace on onnxruntime) needs nothing else from torch, and importing torch is ~1.7 CPU-s of
 every detector actor's start, ~4 s of a 128-image preprocess on 2 cores (docs/benchmarks.md). The
 network is small (48-px crops, a few per image): ~1.3 ms a face in numpy, what it took in torch.
@@ -52,22 +52,31 @@ class _StateDictUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"onet.pt: unexpected {module}.{name} in a state dict")
 
     def persistent_load(self, pid):
-        kind, dtype, key, _location, _numel, _view = pid
+        kind, dtype, key, _location, numel, _view = pid
         if kind != "storage":
             raise pickle.UnpicklingError(f"onet.pt: unexpected persistent id {kind!r}")
-        return self.storages.setdefault(key, [dtype, None])
+        return self.storages.setdefault(key, [dtype, None, int(numel)])
 
 
 class _Tensor:
     """A tensor whose storage bytes come after the pickle: materialised by ``array()``."""
 
     def __init__(self, storage, offset, size, stride, *_grad_and_hooks):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+        self.storage, self.offset, self.size, self.stride = storage, int(offset), tuple(size), tuple(stride)
 
     def array(self) -> np.ndarray:
         data = self.storage[1]
+        # as_strided trusts its arguments: a view past the storage would read foreign memory.
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if data is None or self.offset < 0 or min(self.stride, default=1) < 0 or (all(self.size) and last >= len(data)):
+            raise ValueError("onet.pt: a tensor outside its storage (truncated or corrupt file)")
         flat = data[self.offset:]
         return np.lib.stride_tricks.as_strided(flat, self.size, [s * data.itemsize for s in self.stride]).copy()
+
+
+def _header(f) -> object:
+    """One of the small pickles before the state dict, read by the same restricted unpickler."""
+    return _StateDictUnpickler(f).load()
 
 
 def load_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -77,15 +86,19 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
     if zipfile.is_zipfile(path):  # torch >= 1.6's format; facenet-pytorch 2.6.0 ships the legacy one
         raise ValueError(f"{path}: a zip-format torch file; expected facenet-pytorch 2.6.0's legacy onet.pt")
     with open(path, "rb") as f:
-        if pickle.load(f) != _LEGACY_MAGIC:
+        if _header(f) != _LEGACY_MAGIC:
             raise ValueError(f"{path}: not a legacy torch file")
-        pickle.load(f), pickle.load(f)  # protocol version, system info
+        _header(f), _header(f)  # protocol version, system info
         unpickler = _StateDictUnpickler(f)
         state = unpickler.load()
-        for key in pickle.load(f):
-            dtype, _ = unpickler.storages[key]
-            count = int(np.frombuffer(f.read(8), "<i8")[0])
-            unpickler.storages[key][1] = np.frombuffer(f.read(count * np.dtype(dtype).itemsize), dtype)
+        for key in _header(f):
+            dtype, _, numel = unpickler.storages[key]
+            head = f.read(8)
+            count = int(np.frombuffer(head, "<i8")[0]) if len(head) == 8 else -1
+            raw = f.read(max(count, 0) * np.dtype(dtype).itemsize)
+            if count != numel or len(raw) != numel * np.dtype(dtype).itemsize:
+                raise ValueError(f"{path}: storage {key} truncated or corrupt")
+            unpickler.storages[key][1] = np.frombuffer(raw, dtype)
     return {name: t.array() for name, t in state.items()}
 
 
@@ -156,7 +169,13 @@ class Verifier:
     """P(face) of a square 48-px crop around each box, by MTCNN's O-Net."""
 
     def __init__(self):
+        from threadpoolctl import ThreadpoolController
+
         self.onet = ONet(load_state_dict(onet_weights()))
+        # A few crops are too little work to share: BLAS threads would only spin after each call,
+        # on the cores the detector's onnxruntime threads (or another actor) need (measured: 2-thread
+        # RetinaFace + O-Net 86 -> 56 ms an NGA image with the O-Net's BLAS held to one thread).
+        self._blas = ThreadpoolController()
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         if len(boxes) == 0:
@@ -168,4 +187,5 @@ class Verifier:
             box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
             crops.append(np.asarray(pil.crop(box).resize((48, 48), Image.BILINEAR)))
         x = (np.stack(crops).astype(np.float32) - 127.5) * 0.0078125
-        return self.onet(x)[:, 1]
+        with self._blas.limit(limits=1, user_api="blas"):
+            return self.onet(x)[:, 1]
