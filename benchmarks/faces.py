@@ -136,7 +136,7 @@ def section(results: list[dict[str, Any]], meta: dict[str, str]) -> str:
              f"(tests/fixtures/nga_faces.csv, split by a hash of the image id: {t['images_with_prominent_face']} with a "
              f"prominent face, {t['faceless_images']} faceless, {t['labelled_faces']} faces); decoded as preprocess does "
              f"(long side {DecodeConfig().detect_max_side} px); thresholds and calibration were chosen on the other "
-             "(*dev*) half only. img/s: detection alone on this machine's cores (torch/onnxruntime threads = cores).", "",
+             "(*dev*) half only. img/s: detection alone on this machine's cores (torch/onnxruntime threads = cores; the O-Net check on one BLAS thread).", "",
              "| configuration | prominent-image recall | faceless FP rate | precision | recall | AP50 | frontal | profile "
              "| other | small | img/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
