@@ -164,8 +164,9 @@ def test_our_onet_is_facenets_onet():
 
 
 def test_default_face_detector_never_imports_torch():
-    """The default detector actor (RetinaFace on onnxruntime + the numpy O-Net) runs without torch:
-    importing it is ~1.7 CPU-s of every actor's start (docs/benchmarks.md, Preprocess)."""
+    """The default detector actor (RetinaFace on onnxruntime + the numpy O-Net, run here on a box)
+    works without torch: importing it is ~1.7 CPU-s of every actor's start (docs/benchmarks.md,
+    Preprocess)."""
     import subprocess
     import sys
 
@@ -173,7 +174,10 @@ def test_default_face_detector_never_imports_torch():
             "from artextract.config import FacesConfig\n"
             "from artextract.stages.faces import FaceDetector\n"
             "det = FaceDetector(FacesConfig(), 1)\n"
-            "det.detect([np.zeros((64, 64, 3), np.uint8)])\n"
+            "img = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)\n"
+            "det.detect([img, img[:64]])\n"
+            "p = det.verify.many([img, img], [np.array([[8, 8, 60, 70.]]), np.zeros((0, 4))])\n"
+            "assert [len(v) for v in p] == [1, 0] and 0 <= p[0][0] <= 1\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'facenet_pytorch') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
@@ -262,9 +266,65 @@ def test_a_weak_sharp_box_does_not_override_a_confident_half_size_one():
     np.testing.assert_allclose(vote, [(0.3 + 0.95) / 2])
 
 
+def _legacy_file(path, state, storages):
+    """A legacy-format torch file of ``state`` (name -> (storage key, offset, size, stride)) whose
+    storages are ``storages`` (key -> float32 array): the layout load_state_dict reads, crafted."""
+    import pickle
+    from collections import OrderedDict
+
+    import torch
+
+    from artextract.stages.face_verify import _LEGACY_MAGIC
+
+    class Tensor:
+        def __init__(self, key, offset, size, stride):
+            self.args = (key, offset, size, stride)
+
+        def __reduce__(self):
+            key, offset, size, stride = self.args
+            return torch._utils._rebuild_tensor_v2, (Ref(key), offset, size, stride, False, OrderedDict())
+
+    class Ref:
+        def __init__(self, key):
+            self.key = key
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Ref):
+                return ("storage", torch.FloatStorage, obj.key, "cpu", len(storages[obj.key]), None)
+            return None
+
+    with open(path, "wb") as f:
+        for part in (_LEGACY_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(part, f, protocol=2)
+        Pickler(f, protocol=2).dump(OrderedDict((k, Tensor(*v)) for k, v in state.items()))
+        pickle.dump(list(storages), f, protocol=2)
+        for data in storages.values():
+            f.write(np.int64(len(data)).tobytes() + np.asarray(data, "<f4").tobytes())
+
+
+def test_onet_reader_reads_crafted_files_right_and_refuses_bad_views(tmp_path):
+    """Tensors are views of storages (offset, size, stride): read as torch would, and a view past
+    its storage, a negative offset or stride, or a forged storage is an error, never a read of
+    memory outside the file's own bytes."""
+    from artextract.stages.face_verify import load_state_dict
+
+    path = tmp_path / "w.pt"
+    data = {"s": np.arange(12, dtype=np.float32)}
+    _legacy_file(path, {"a": ("s", 2, (2, 3), (3, 1)), "b": ("s", 0, (3,), (4,))}, data)
+    got = load_state_dict(path)
+    np.testing.assert_array_equal(got["a"], np.arange(2, 8).reshape(2, 3))
+    np.testing.assert_array_equal(got["b"], [0, 4, 8])
+    for bad in [("s", 0, (13,), (1,)), ("s", 10, (2, 2), (2, 1)), ("s", -1, (2,), (1,)), ("s", 0, (2,), (-1,))]:
+        _legacy_file(path, {"a": bad}, data)
+        with pytest.raises(ValueError, match="outside its storage|malformed"):
+            load_state_dict(path)
+
+
 def test_onet_reader_runs_no_code_from_the_file(tmp_path):
     """load_state_dict allows tensors, storages and OrderedDict only (like torch's weights_only):
-    a weights file that names any other callable is an error, never a call."""
+    a weights file that names any other callable is an error, never a call; calling a storage
+    type (numpy would build an array of any length from it) or a wrong header are errors too."""
     import pickle
 
     from artextract.stages.face_verify import _LEGACY_MAGIC, load_state_dict, onet_weights
@@ -283,6 +343,18 @@ def test_onet_reader_runs_no_code_from_the_file(tmp_path):
                 pickle.dump(part, f, protocol=2)
         with pytest.raises(pickle.UnpicklingError, match="unexpected"):
             load_state_dict(path)
+    # GLOBAL 'torch FloatStorage', then REDUCE with ([[]] * 256,): np.float32 would make 256 floats
+    with open(path, "wb") as f:
+        for part in (_LEGACY_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(part, f, protocol=2)
+        f.write(b"\x80\x02ctorch\nFloatStorage\n]]a" + b"\x85R.")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_state_dict(path)
+    with open(path, "wb") as f:
+        for part in (_LEGACY_MAGIC, 999, {"little_endian": True}, {}):
+            pickle.dump(part, f, protocol=2)
+    with pytest.raises(ValueError, match="not a legacy torch file"):
+        load_state_dict(path)
     good = onet_weights().read_bytes()
     path.write_bytes(good[: len(good) - 1000])  # truncated inside the last storage
     with pytest.raises(ValueError, match="truncated"):

@@ -43,8 +43,9 @@ class FacesConfig(Strict):
     crop_margin: float = Field(0.35, ge=0, le=2, description="context around the 5-point template")
     max_faces: int = Field(64, ge=1, description="keep at most this many faces per image (highest prob)")
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where a detector runs inside its actor: auto = CUDA when torch sees the GPU "
-        "the actor was given (preprocess resources.detector.num_gpus), else the CPU")
+        "auto", description="where MTCNN (mtcnn, ensemble) runs inside its actor: auto = CUDA when torch "
+        "sees the GPU the actor was given (preprocess resources.detector.num_gpus), else the CPU; RetinaFace "
+        "and the O-Net check always run on the CPU")
     batch_size: int | None = Field(None, ge=1, description="images per detector call; None = 1 on CPU "
                                    "(sizes differ, small units balance actors best), 16 on GPU")
 

@@ -86,9 +86,9 @@ def _pools(cfg: PreprocessConfig, cpus: float, gpus: float, n_blocks: int, n_ima
     spare = cpus if fuse else cpus - dec.num_cpus  # unfused: one decode actor's share is taken
     actors = cfg.detector_actors or max(1, int(spare // per_actor))
     if not cfg.detector_actors:
-        # A detector actor costs ~2.5 CPU-s to start (a worker process, our imports, torch, the
-        # RetinaFace session and O-Net): ~25 NGA images' read + decode + detection at ~0.1 CPU-s
-        # each. Each actor gets at least 16 images, so small jobs (a nightly reindex delta, a
+        # A detector actor costs ~1.5 CPU-s to start (a worker process, our imports, the
+        # RetinaFace session and O-Net; no torch): ~15 NGA images' read + decode + detection at
+        # ~0.1 CPU-s each. Each actor gets at least 16 images, so small jobs (a nightly reindex delta, a
         # sample) start fewer.
         actors = min(actors, max(1, n_images // IMAGES_PER_EXTRA_DETECTOR))
     actors = min(actors, n_blocks)  # more detectors than blocks would only idle (Ray Data warns)

@@ -10,6 +10,7 @@ tests/test_face_detectors.py checks weights and probabilities against torch and 
 from __future__ import annotations
 
 import importlib.util
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,10 +19,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-# torch's legacy (pre-zip) serialisation, which onet.pt uses: its magic number and the storage
-# classes a state dict of this network can hold.
+# torch's legacy (pre-zip) serialisation, which onet.pt uses: its magic number, protocol version and
+# the storage classes a state dict of this network can hold.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_STORAGES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16}
+_LEGACY_PROTOCOL = 1001
+_STORAGES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2"}
 
 
 def onet_weights() -> Path:
@@ -33,13 +35,56 @@ def onet_weights() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "onet.pt"
 
 
+class _StorageType:
+    """What the pickle names as ``torch.FloatStorage`` etc.: a tag, not callable."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: str):
+        self.dtype = np.dtype(dtype)
+
+
+class _Storage:
+    """One storage the pickle refers to; its bytes follow the pickle and are read by the loader."""
+
+    __slots__ = ("dtype", "numel", "data")
+
+    def __init__(self, dtype: np.dtype, numel: int):
+        self.dtype, self.numel, self.data = dtype, numel, None
+
+
+class _Tensor:
+    """``torch._utils._rebuild_tensor_v2``'s arguments, materialised by ``array()`` once the
+    storages are read. Slots and a refusing ``__setstate__``: the pickle cannot rewrite them."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage, offset, size, stride, *_grad_and_hooks):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("onet.pt: unexpected state on a tensor")
+
+    def array(self) -> np.ndarray:
+        st, off, size, stride = self.storage, self.offset, self.size, self.stride
+        ints = lambda v: isinstance(v, tuple) and all(type(n) is int and n >= 0 for n in v)  # noqa: E731
+        if not (isinstance(st, _Storage) and st.data is not None and type(off) is int and off >= 0
+                and ints(size) and ints(stride) and len(size) == len(stride)):
+            raise ValueError("onet.pt: a malformed tensor")
+        # as_strided trusts its arguments: a view past its storage would read foreign memory.
+        if all(size) and off + sum((n - 1) * s for n, s in zip(size, stride)) >= st.data.size:
+            raise ValueError("onet.pt: a tensor outside its storage (truncated or corrupt file)")
+        flat = st.data[off:]
+        return np.lib.stride_tricks.as_strided(flat, size, [s * flat.itemsize for s in stride]).copy()
+
+
 class _StateDictUnpickler(pickle.Unpickler):
-    """Unpickles a legacy torch state dict into numpy: only tensors, storages and OrderedDict are
-    allowed (like ``torch.load(weights_only=True)``), so the file can run no code."""
+    """Unpickles a legacy torch state dict: only OrderedDict, tensors and float storages can be
+    named (like ``torch.load(weights_only=True)``), so the file can run no code."""
 
     def __init__(self, f):
         super().__init__(f)
-        self.storages: dict[str, list] = {}  # key -> [dtype, array once read]
+        self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("collections", "OrderedDict"):
@@ -48,34 +93,23 @@ class _StateDictUnpickler(pickle.Unpickler):
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return _Tensor
         if module == "torch" and name in _STORAGES:
-            return _STORAGES[name]
+            return _StorageType(_STORAGES[name])
         raise pickle.UnpicklingError(f"onet.pt: unexpected {module}.{name} in a state dict")
 
     def persistent_load(self, pid):
-        kind, dtype, key, _location, numel, _view = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"onet.pt: unexpected persistent id {kind!r}")
-        return self.storages.setdefault(key, [dtype, None, int(numel)])
-
-
-class _Tensor:
-    """A tensor whose storage bytes come after the pickle: materialised by ``array()``."""
-
-    def __init__(self, storage, offset, size, stride, *_grad_and_hooks):
-        self.storage, self.offset, self.size, self.stride = storage, int(offset), tuple(size), tuple(stride)
-
-    def array(self) -> np.ndarray:
-        data = self.storage[1]
-        # as_strided trusts its arguments: a view past the storage would read foreign memory.
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-        if data is None or self.offset < 0 or min(self.stride, default=1) < 0 or (all(self.size) and last >= len(data)):
-            raise ValueError("onet.pt: a tensor outside its storage (truncated or corrupt file)")
-        flat = data[self.offset:]
-        return np.lib.stride_tricks.as_strided(flat, self.size, [s * data.itemsize for s in self.stride]).copy()
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"onet.pt: unexpected persistent id {pid!r:.80}")
+        _, kind, key, _location, numel, view = pid
+        if not isinstance(kind, _StorageType) or type(numel) is not int or numel < 0 or view is not None:
+            raise pickle.UnpicklingError("onet.pt: unexpected storage (a view, or of another type)")
+        st = self.storages.setdefault(key, _Storage(kind.dtype, numel))
+        if (st.dtype, st.numel) != (kind.dtype, numel):
+            raise pickle.UnpicklingError(f"onet.pt: storage {key} declared twice, differently")
+        return st
 
 
 def _header(f) -> object:
-    """One of the small pickles before the state dict, read by the same restricted unpickler."""
+    """One of the small pickles around the state dict, read by the same restricted unpickler."""
     return _StateDictUnpickler(f).load()
 
 
@@ -85,20 +119,35 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
     count + raw little-endian data)."""
     if zipfile.is_zipfile(path):  # torch >= 1.6's format; facenet-pytorch 2.6.0 ships the legacy one
         raise ValueError(f"{path}: a zip-format torch file; expected facenet-pytorch 2.6.0's legacy onet.pt")
+    try:
+        return _load(path)
+    except (TypeError, AttributeError, IndexError, KeyError, EOFError) as exc:  # a malformed pickle
+        raise ValueError(f"{path}: corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        if _header(f) != _LEGACY_MAGIC:
+        if _header(f) != _LEGACY_MAGIC or _header(f) != _LEGACY_PROTOCOL:
             raise ValueError(f"{path}: not a legacy torch file")
-        _header(f), _header(f)  # protocol version, system info
+        info = _header(f)
+        if not isinstance(info, dict) or info.get("little_endian") is not True:
+            raise ValueError(f"{path}: not a little-endian legacy torch file")
         unpickler = _StateDictUnpickler(f)
         state = unpickler.load()
-        for key in _header(f):
-            dtype, _, numel = unpickler.storages[key]
+        keys = _header(f)
+        if not isinstance(state, dict) or not isinstance(keys, list) or set(keys) != set(unpickler.storages):
+            raise ValueError(f"{path}: not a state dict with its storages")
+        for key in keys:
+            st = unpickler.storages[key]
             head = f.read(8)
             count = int(np.frombuffer(head, "<i8")[0]) if len(head) == 8 else -1
-            raw = f.read(max(count, 0) * np.dtype(dtype).itemsize)
-            if count != numel or len(raw) != numel * np.dtype(dtype).itemsize:
+            nbytes = st.numel * st.dtype.itemsize
+            if count != st.numel or nbytes > size - f.tell():  # checked before reading: no huge allocation
                 raise ValueError(f"{path}: storage {key} truncated or corrupt")
-            unpickler.storages[key][1] = np.frombuffer(raw, dtype)
+            st.data = np.frombuffer(f.read(nbytes), st.dtype)
+    if not all(isinstance(k, str) and isinstance(t, _Tensor) for k, t in state.items()):
+        raise ValueError(f"{path}: a state dict entry that is not a tensor")
     return {name: t.array() for name, t in state.items()}
 
 
@@ -174,18 +223,33 @@ class Verifier:
         self.onet = ONet(load_state_dict(onet_weights()))
         # A few crops are too little work to share: BLAS threads would only spin after each call,
         # on the cores the detector's onnxruntime threads (or another actor) need (measured: 2-thread
-        # RetinaFace + O-Net 86 -> 56 ms an NGA image with the O-Net's BLAS held to one thread).
+        # RetinaFace + O-Net 86 -> 54 ms an NGA image with the O-Net's BLAS held to one thread).
         self._blas = ThreadpoolController()
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        if len(boxes) == 0:
-            return np.zeros(0)
-        pil = Image.fromarray(image)
-        crops = []
-        for x1, y1, x2, y2 in boxes:
-            side, cx, cy = max(x2 - x1, y2 - y1), (x1 + x2) / 2, (y1 + y2) / 2
-            box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
-            crops.append(np.asarray(pil.crop(box).resize((48, 48), Image.BILINEAR)))
-        x = (np.stack(crops).astype(np.float32) - 127.5) * 0.0078125
+        return self.many([image], [boxes])[0]
+
+    def many(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """P(face) per box of each image: one network call for all their crops (a GPU detector's
+        batch of 16 images is one O-Net call, not 16)."""
+        crops = [_crops(img, b) for img, b in zip(images, boxes)]
+        counts = [len(c) for c in crops]
+        if not sum(counts):
+            return [np.zeros(0) for _ in images]
+        x = (np.concatenate([c for c in crops if len(c)]).astype(np.float32) - 127.5) * 0.0078125
         with self._blas.limit(limits=1, user_api="blas"):
-            return self.onet(x)[:, 1]
+            p = self.onet(x)[:, 1]
+        return np.split(p, np.cumsum(counts)[:-1])
+
+
+def _crops(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(n, 48, 48, 3) square crops around ``boxes`` (x1 y1 x2 y2), as MTCNN feeds its O-Net."""
+    if len(boxes) == 0:
+        return np.zeros((0, 48, 48, 3), np.uint8)
+    pil = Image.fromarray(image)
+    out = []
+    for x1, y1, x2, y2 in boxes:
+        side, cx, cy = max(x2 - x1, y2 - y1), (x1 + x2) / 2, (y1 + y2) / 2
+        box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+        out.append(np.asarray(pil.crop(box).resize((48, 48), Image.BILINEAR)))
+    return np.stack(out)

@@ -68,11 +68,9 @@ class FaceDetector:
                 for i, ((v, inverse), raw) in enumerate(zip(seen, det.raw_many([v for v, _ in seen]))):
                     parts[i].append(inverse(raw))
                     sharpness[i].append(v.shape[1] / images[i].shape[1])
-        out = []
-        for img, p, r in zip(images, parts, sharpness):
-            merged, vote = weighted_nms(p, self.cfg.merge_iou, r)
-            out.append((merged, vote, self.verify(img, merged.boxes)))
-        return out
+        merged = [weighted_nms(p, self.cfg.merge_iou, r) for p, r in zip(parts, sharpness)]
+        verify = self.verify.many(images, [m.boxes for m, _ in merged])
+        return [(m, vote, v) for (m, vote), v in zip(merged, verify)]
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces per image, most probable first, filtered by min_prob and capped at max_faces."""
