@@ -124,8 +124,10 @@ def _head(extra: tuple[str, ...] = ("--node-ip-address=127.0.0.1",), env_extra: 
         assert status == "SUCCEEDED", (Path(tmp) / "head.log").read_text()[-3000:]
         print(f"\n[ray head] job API up in {t_api:.1f} s, first job done {time.perf_counter() - t0:.1f} s "
               f"after start (dashboard :{dash}, temp {tmp})")
+        HEAD_TEMP[f"http://127.0.0.1:{dash}"] = tmp
         yield client, f"http://127.0.0.1:{dash}", headers
     finally:
+        HEAD_TEMP.pop(f"http://127.0.0.1:{dash}", None)
         t1 = time.perf_counter()
         stragglers = _stop_head(proc, tmp)
         log.close()
@@ -134,6 +136,18 @@ def _head(extra: tuple[str, ...] = ("--node-ip-address=127.0.0.1",), env_extra: 
         print(f"[ray head] stopped in {time.perf_counter() - t1:.1f} s; force-killed {len(stragglers)} stragglers")
         shutil.rmtree(tmp, ignore_errors=True)
         assert not left, f"head processes left behind: {left}"
+
+
+HEAD_TEMP: dict[str, str] = {}  # dashboard URL -> the head's temp dir (its session logs), while it runs
+
+
+def head_log(url: str, name: str, chars: int = 4000) -> str:
+    """The tail of one of a running head's session logs (``monitor.log``: the autoscaler's)."""
+    path = Path(HEAD_TEMP.get(url, "/nonexistent"), "session_latest", "logs", name)
+    try:
+        return f"--- {path} (tail) ---\n{path.read_text(errors='replace')[-chars:]}"
+    except OSError as exc:
+        return f"--- {path}: {exc}"
 
 
 def _fake_autoscaling_config(tmp: str, port: int, node_types: dict) -> str:
@@ -180,7 +194,9 @@ def _submit(client, args: str) -> str:
     return _retry_submit(client, entrypoint=f"{sys.executable} {args}", runtime_env=_runtime_env())
 
 
-def _wait(client, job_id: str, timeout: float = JOB_TIMEOUT_S) -> tuple[str, float]:
+def _wait(client, job_id: str, timeout: float = JOB_TIMEOUT_S, diagnose=None) -> tuple[str, float]:
+    """(final status, seconds) of a submitted job; a job still running after ``timeout`` fails the
+    test with its log tail and, when given, ``diagnose()`` (e.g. the autoscaler's own log)."""
     from ray.job_submission import JobStatus
 
     t0 = time.perf_counter()
@@ -190,7 +206,8 @@ def _wait(client, job_id: str, timeout: float = JOB_TIMEOUT_S) -> tuple[str, flo
             return str(status.value), time.perf_counter() - t0
         time.sleep(1.0)
     client.stop_job(job_id)
-    pytest.fail(f"job {job_id} not done after {timeout} s; logs:\n{client.get_job_logs(job_id)[-4000:]}")
+    extra = f"\n{diagnose()}" if diagnose else ""
+    pytest.fail(f"job {job_id} not done after {timeout} s; logs:\n{client.get_job_logs(job_id)[-4000:]}{extra}")
 
 
 def tiny_classifier_inputs(tmp_path: Path) -> tuple[str, Path]:

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from rayhead import REPO, _head, _submit, _wait, tiny_classifier_inputs
+from rayhead import REPO, _head, _submit, _wait, head_log, tiny_classifier_inputs
 
 pytestmark = pytest.mark.slow
 # A CPU type too, as every cloud config has (cpu_preprocess): a CPU job's pending tasks make the
@@ -83,10 +83,11 @@ def test_gpu_embed_job_launches_a_gpu_node_from_zero_and_runs_there(autoscaling_
                           f"--input {preprocessed / 'pre'} --out {out} --model untrained:resnet18 "
                           "image_size=64 batch_size=8 actors=1 resources.embed.num_cpus=1 "
                           "resources.read.num_cpus=0.5")
-    status, wall = _wait(client, job)
+    # If the gpu node never comes, the autoscaler's log says why (seen once on a loaded CI machine).
+    status, wall = _wait(client, job, diagnose=lambda: head_log(autoscaling_head[1], "monitor.log"))
     logs = client.get_job_logs(job)
     print(f"[autoscaling] GPU embed job {status} in {wall:.1f} s")
-    assert status == "SUCCEEDED", logs[-4000:]
+    assert status == "SUCCEEDED", logs[-4000:] + head_log(autoscaling_head[1], "monitor.log")
     gpu = _gpu_nodes(autoscaling_head)
     assert len(gpu) == 1, "the autoscaler did not launch the gpu node type"
     ran = [a for a in _actors_asking_gpu(autoscaling_head) if "EmbedStage" in (a.get("repr_name") or a["class_name"])
@@ -108,10 +109,10 @@ def test_gpu_training_config_asks_for_gpu_workers(autoscaling_head, preprocessed
                           "train.cpus_per_worker=1 train.backend=gloo "
                           "train.batch_size=8 train.epochs=1 train.max_steps=1 data.image_size=32 "
                           "model.reduce_channels=16 model.hidden=8")
-    status, wall = _wait(client, job, timeout=360)
+    status, wall = _wait(client, job, timeout=360, diagnose=lambda: head_log(autoscaling_head[1], "monitor.log"))
     logs = client.get_job_logs(job)
     print(f"[autoscaling] GPU training job {status} in {wall:.1f} s")
-    assert status == "SUCCEEDED", logs[-4000:]
+    assert status == "SUCCEEDED", logs[-4000:] + head_log(autoscaling_head[1], "monitor.log")
     gpu = _gpu_nodes(autoscaling_head)
     assert len(gpu) == 1
     workers = [a for a in _actors_asking_gpu(autoscaling_head) if "RayTrainWorker" in a["class_name"]]
