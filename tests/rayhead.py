@@ -39,9 +39,12 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _own_processes(tag: str) -> list[str]:
-    """Processes whose command line names our head's temp dir (gcs, raylet, workers, dashboard)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+    """Processes whose command line names our head's temp dir (gcs, raylet, workers, dashboard,
+    and the fake autoscaler's worker nodes, which outlive the head unless killed here). ``ww``:
+    full command lines; without it ps may cut them at 80 columns (it did under pytest), before the
+    temp dir, and every leftover went unseen."""
+    out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tag in line and "ps -eww" not in line]
 
 
 def _stop_head(proc: subprocess.Popen, tag: str) -> list[str]:
