@@ -13,6 +13,7 @@ import importlib.util
 import os
 import pickle
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,6 @@ class _StateDictUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("collections", "OrderedDict"):
-            from collections import OrderedDict
             return OrderedDict
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return _Tensor
@@ -193,11 +193,13 @@ class ONet:
 
     def __init__(self, state: dict[str, np.ndarray], dtype=np.float32):
         self.dtype = dtype
-        f = lambda name: np.ascontiguousarray(state[name], dtype)  # noqa: E731
-        self.convs = [(f(f"conv{i}.weight").reshape(len(state[f"conv{i}.weight"]), -1).T.copy(), f(f"conv{i}.bias"),
-                       state[f"conv{i}.weight"].shape[-1], f(f"prelu{i}.weight"), self._POOLS[i]) for i in range(1, 5)]
-        self.dense5 = (f("dense5.weight").T.copy(), f("dense5.bias"), f("prelu5.weight"))
-        self.dense6 = (f("dense6_1.weight").T.copy(), f("dense6_1.bias"))
+        f = lambda name: np.asarray(state[name], dtype)  # noqa: E731
+        # Weights as (inputs, outputs) matrices; a conv's inputs in torch's (C, k, k) order, as _conv's columns.
+        matrix = lambda name: np.ascontiguousarray(f(name).reshape(len(state[name]), -1).T)  # noqa: E731
+        self.convs = [(matrix(f"conv{i}.weight"), f(f"conv{i}.bias"), state[f"conv{i}.weight"].shape[-1],
+                       f(f"prelu{i}.weight"), self._POOLS[i]) for i in range(1, 5)]
+        self.dense5 = (matrix("dense5.weight"), f("dense5.bias"), f("prelu5.weight"))
+        self.dense6 = (matrix("dense6_1.weight"), f("dense6_1.bias"))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x: (N, 48, 48, 3) normalised RGB -> (N, 2) softmax (non-face, face), float64."""
@@ -236,7 +238,7 @@ class Verifier:
         counts = [len(c) for c in crops]
         if not sum(counts):
             return [np.zeros(0) for _ in images]
-        x = (np.concatenate([c for c in crops if len(c)]).astype(np.float32) - 127.5) * 0.0078125
+        x = (np.concatenate(crops).astype(np.float32) - 127.5) * 0.0078125
         with self._blas.limit(limits=1, user_api="blas"):
             p = self.onet(x)[:, 1]
         return np.split(p, np.cumsum(counts)[:-1])
