@@ -44,6 +44,7 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("retinaface, identity + grey (full size)", {"views": ["identity", "grey"]}),
     ("retinaface, identity + flip", {"views": ["identity", "flip"]}),
     ("retinaface, identity + half", {"views": ["identity", "half"]}),
+    ("retinaface, identity + grey-half + soft-half", {"views": ["identity", "grey-half", "soft-half"]}),
     ("retinaface, identity + rot±15", {"views": ["identity", "rot+15", "rot-15"]}),
     ("retinaface, identity + flip + half + grey", {"views": ["identity", "flip", "half", "grey"]}),
     ("ensemble (retinaface + mtcnn), identity + grey-half", {"detector": "ensemble"}),

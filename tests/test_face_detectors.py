@@ -77,6 +77,21 @@ def test_grey_half_is_grey_then_half_pixel_for_pixel(shape):
     np.testing.assert_array_equal(got_back(r).landmarks, want_back(r).landmarks)
 
 
+def test_soft_half_turns_hatching_into_tone():
+    """Engraving-like hatching (2-px black and white lines) becomes a flat mid-grey at half size; a
+    plain half-size view keeps the stripes (its filter spans two pixels, the hatching's period four)."""
+    img = np.zeros((512, 384, 3), np.uint8)
+    img[0::4] = img[1::4] = 255
+    soft, back = VIEWS["soft-half"](img)
+    plain, _ = VIEWS["half"](img)
+    assert soft.shape == plain.shape == (256, 192, 3)
+    centre = (slice(32, -32), slice(32, -32))
+    assert soft[centre].std() < 2 and abs(float(soft[centre].mean()) - 127.5) < 3
+    assert plain[centre].std() > 10 * max(soft[centre].std(), 0.1)
+    r = Raw(np.array([[10.0, 20, 60, 90]]), np.array([0.9]), np.ones((1, 5, 2)))
+    np.testing.assert_array_equal(back(r).boxes, [[20.0, 40, 120, 180]])
+
+
 def test_flip_inverse_is_exact_on_coordinates():
     img = np.zeros((10, 20, 3), np.uint8)
     _, inverse = VIEWS["flip"](img)

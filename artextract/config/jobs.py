@@ -29,7 +29,7 @@ class FacesConfig(Strict):
         "retinaface", description="stages/face_detectors.py; ensemble = every detector in faces.members")
     members: list[Literal["retinaface", "mtcnn"]] = Field(
         ["retinaface", "mtcnn"], min_length=1, description="the detectors faces.detector=ensemble merges")
-    views: list[Literal["identity", "flip", "half", "grey", "grey-half", "rot+15", "rot-15"]] = Field(
+    views: list[Literal["identity", "flip", "half", "grey", "grey-half", "soft-half", "rot+15", "rot-15"]] = Field(
         ["identity", "grey-half"], min_length=1,
         description="test-time views each detector runs on, merged by weighted NMS (stages/face_merge.py)")
     min_prob: float = Field(0.45, ge=0, le=1, description="faces below this calibrated probability are dropped")

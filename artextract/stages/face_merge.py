@@ -91,6 +91,17 @@ def _grey_half(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
     return cv2.cvtColor(small, cv2.COLOR_GRAY2RGB), _scaled_back(small, img)
 
 
+def _soft_half(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
+    """Gaussian blur (sigma = long side / 256: 4 px at 1024) then ``half``: the hatching, stipple
+    and cut lines of engravings, woodcuts and lithographs become the tones a photo-trained detector
+    knows. Not a default: as a third view it lowered dev recall (docs/benchmarks.md, Faces)."""
+    import cv2
+
+    sigma = max(img.shape[:2]) / 256
+    small = _halved(cv2.GaussianBlur(img, (0, 0), sigma) if sigma >= 0.5 else img)
+    return small, _scaled_back(small, img)
+
+
 def _rotate(degrees: float) -> Callable[[np.ndarray], tuple[np.ndarray, Inverse]]:
     """Rotate about the centre (reflected borders): heads tilted by about ``degrees``."""
     def view(img: np.ndarray) -> tuple[np.ndarray, Inverse]:
@@ -115,7 +126,7 @@ VIEWS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, Inverse]]] = {
     # The default second view: on the labelled dev half it votes as well as full-size grey (prints
     # and drawings at half size still have their faces above RetinaFace's 16 px anchors) and
     # costs a quarter of the pixels (docs/benchmarks.md, Faces).
-    "grey-half": _grey_half,
+    "grey-half": _grey_half, "soft-half": _soft_half,
     "rot+15": _rotate(15.0), "rot-15": _rotate(-15.0),
 }
 
