@@ -283,7 +283,7 @@ def test_mixed_loss_weights_both_label_sets():
     y = torch.as_tensor(batch["y_style"])
     own, _ = task.loss_fn(out, {"style": y})
     partner, _ = task.loss_fn(out, {"style": y[m.perm]})
-    assert mixed_loss == pytest.approx(float(m.lam * own + (1 - m.lam) * partner), rel=1e-5)
+    assert mixed_loss == pytest.approx(float((m.lam * own + (1 - m.lam) * partner).detach()), rel=1e-5)
 
 
 def test_recipe_run_freezes_then_fine_tunes_with_ema_and_resumes_exactly(collection, tmp_path):

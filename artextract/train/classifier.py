@@ -140,8 +140,10 @@ class ClassifierTask:
             known = y >= 0
             if not known.any():
                 continue
-            with warnings.catch_warnings():  # small val splits predict classes they do not contain
+            with warnings.catch_warnings():  # small val splits predict classes they do not contain,
+                # or hold one class that every prediction is (balanced accuracy is then still right)
                 warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+                warnings.filterwarnings("ignore", message="A single label was found")
                 metrics[f"{t}_accuracy"] = float(accuracy_score(y[known], p[known]))
                 metrics[f"{t}_balanced_accuracy"] = float(balanced_accuracy_score(y[known], p[known]))
                 metrics[f"{t}_macro_f1"] = float(f1_score(y[known], p[known], average="macro", zero_division=0))
