@@ -126,7 +126,8 @@ VIEWS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, Inverse]]] = {
     # The default second view: on the labelled dev half it votes as well as full-size grey (prints
     # and drawings at half size still have their faces above RetinaFace's 16 px anchors) and
     # costs a quarter of the pixels (docs/benchmarks.md, Faces).
-    "grey-half": _grey_half, "soft-half": _soft_half,
+    "grey-half": _grey_half,
+    "soft-half": _soft_half,
     "rot+15": _rotate(15.0), "rot-15": _rotate(-15.0),
 }
 
